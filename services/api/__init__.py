@@ -1,0 +1,1 @@
+"""The query API: journeys (and, later, funnels, abandonment, correlations)."""

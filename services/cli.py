@@ -1,0 +1,102 @@
+"""The ``touchpoint`` command: ``up`` (everything, one process), ``ingest``, ``sessionizer``, ``api``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+import uvicorn
+
+from services.core import logs
+from services.core.eventlog import EmbeddedLog, open_reader, open_writer
+from services.core.settings import ConfigError, Projects, Settings, load_projects
+from services.core.warehouse import Warehouse, WarehouseError
+from services.server import Component, build_app
+
+log = logging.getLogger("touchpoint")
+
+
+def _banner(settings: Settings, projects: Projects, source: str, created: bool) -> None:
+    url = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        f"Touchpoint is starting on {url}",
+        f"  data directory : {settings.data_dir}",
+        f"  event log      : {settings.kafka_bootstrap or 'embedded, ' + str(settings.embedded_log_dir)}",
+        f"  ClickHouse     : {settings.clickhouse_url.split('@')[-1]}",
+        f"  projects       : {source}{' (created now)' if created else ''}",
+    ]
+    for project in projects.items:
+        lines += [
+            f"  project {project.id!r}: write key {project.write_keys[0]}  api key {project.api_keys[0]}",
+        ]
+    first = projects.items[0]
+    lines += [
+        "",
+        "Send an event:",
+        f"  curl -s {url}/v1/batch -H 'X-Write-Key: {first.write_keys[0]}' \\",
+        """    -d '{"events":[{"type":"page","name":"Home","anonymous_id":"a1","context":{"page":{"path":"/"}}}]}'""",
+        "Read the journey back:",
+        f"  curl -s {url}/v1/journeys/a1 -H 'Authorization: Bearer {first.api_keys[0]}'",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _components(command: str, settings: Settings, projects: Projects) -> list[tuple[str, Component]]:
+    from services.api.app import QueryApi
+    from services.ingest.app import Ingest
+    from services.sessionizer.service import Sessionizer
+
+    embedded = None
+    if command == "up" and not settings.kafka_bootstrap:
+        embedded = EmbeddedLog(settings.embedded_log_dir)
+    elif not settings.kafka_bootstrap and command in ("ingest", "sessionizer"):
+        raise ConfigError(
+            f"`touchpoint {command}` runs against Kafka: set TOUCHPOINT_KAFKA_BOOTSTRAP=host:9092, "
+            "or run `touchpoint up` for the single-process embedded mode"
+        )
+    out: list[tuple[str, Component]] = []
+    if command in ("up", "ingest"):
+        out.append(("ingest", Ingest(settings, projects, open_writer(settings, embedded))))
+    if command in ("up", "sessionizer"):
+        out.append((
+            "sessionizer",
+            Sessionizer(settings, open_reader(settings, embedded), Warehouse(settings.clickhouse_url, "sessionizer")),
+        ))
+    if command in ("up", "api"):
+        out.append(("api", QueryApi(projects, Warehouse(settings.clickhouse_url, "api"))))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
+    parser.add_argument(
+        "command", choices=["up", "ingest", "sessionizer", "api"],
+        help="up: everything in one process; or one service (ingest, sessionizer, api) against Kafka",
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logs.configure(settings.log_level)
+        projects, source, created = load_projects(settings)
+        components = _components(args.command, settings, projects)
+    except (ConfigError, WarehouseError, ValueError) as exc:
+        print(f"touchpoint: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "up":
+        _banner(settings, projects, str(source), created)
+    app = build_app(components)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

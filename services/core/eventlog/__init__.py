@@ -1,0 +1,41 @@
+"""The event log between ingest and the sessionizer: Kafka, or embedded on disk."""
+
+from __future__ import annotations
+
+from ..settings import Settings
+from .base import LogReader, LogRecord, LogUnavailable, LogWriter
+from .embedded import EmbeddedLog, EmbeddedLogReader
+
+__all__ = [
+    "EmbeddedLog",
+    "EmbeddedLogReader",
+    "LogReader",
+    "LogRecord",
+    "LogUnavailable",
+    "LogWriter",
+    "open_reader",
+    "open_writer",
+]
+
+
+def open_writer(settings: Settings, embedded: EmbeddedLog | None = None) -> LogWriter:
+    """Kafka when TOUCHPOINT_KAFKA_BOOTSTRAP is set, else the embedded log."""
+    if settings.kafka_bootstrap:
+        from .kafka import KafkaLogWriter
+
+        return KafkaLogWriter(
+            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions, settings.produce_timeout_s
+        )
+    if embedded is None:
+        raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")
+    return embedded
+
+
+def open_reader(settings: Settings, embedded: EmbeddedLog | None = None) -> LogReader:
+    if settings.kafka_bootstrap:
+        from .kafka import KafkaLogReader
+
+        return KafkaLogReader(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group)
+    if embedded is None:
+        raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")
+    return embedded.reader(settings.kafka_group)

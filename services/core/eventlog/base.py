@@ -1,0 +1,47 @@
+"""What every event log offers: durable appends for ingest, batched reads for consumers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+class LogUnavailable(RuntimeError):
+    """The log cannot take events right now; clients should retry later (HTTP 503)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One record read from the log, with where to resume after it."""
+
+    partition: int
+    offset: int
+    next_offset: int
+    key: bytes
+    value: bytes
+
+
+class LogWriter(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def healthy(self) -> bool: ...
+
+    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        """Return only once every (key, value) is durable; raise LogUnavailable otherwise."""
+
+
+class LogReader(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        """Up to max_records new records; an empty list after timeout_s without any."""
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        """Mark everything up to and including these records as processed."""
+
+    def lag(self) -> int | None:
+        """Records (or bytes, for the embedded log) not yet read, when known."""

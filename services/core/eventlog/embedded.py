@@ -1,0 +1,240 @@
+"""An embedded durable log in the data directory, for ``touchpoint up`` without Kafka.
+
+Why: a single process must still be able to answer 200 only once an event is
+safe. Appends are framed (length, CRC32, key, value), written by one writer task
+that groups concurrent requests into one ``fsync``; a torn tail left by a crash
+is cut off when the log reopens. Offsets are byte positions; the consumer's
+offset is persisted atomically (write, fsync, rename) after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+from .base import LogRecord, LogUnavailable
+
+_HEADER = struct.Struct("<IIH")  # payload length, crc32(payload), key length
+MAX_PENDING_BYTES = 64 << 20  # back-pressure: appends wait beyond this
+
+
+def _frame(key: bytes, value: bytes) -> bytes:
+    payload = key + value
+    return _HEADER.pack(len(payload), zlib.crc32(payload), len(key)) + payload
+
+
+def _scan_valid_end(path: Path) -> int:
+    """Byte position after the last complete, checksum-valid frame."""
+    end = 0
+    with open(path, "rb") as f:
+        data_len = os.fstat(f.fileno()).st_size
+        while end + _HEADER.size <= data_len:
+            f.seek(end)
+            header = f.read(_HEADER.size)
+            length, crc, key_len = _HEADER.unpack(header)
+            payload = f.read(length)
+            if len(payload) < length or zlib.crc32(payload) != crc or key_len > length:
+                break
+            end += _HEADER.size + length
+    return end
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EmbeddedLog:
+    """One append-only file; one writer and any number of in-process readers."""
+
+    def __init__(self, directory: Path, name: str = "events") -> None:
+        self.directory = directory
+        self.path = directory / f"{name}.log"
+        self._fd: int | None = None
+        self._durable_end = 0
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending_bytes = 0
+        self._wakeup = asyncio.Event()
+        self._space = asyncio.Event()
+        self._grown = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    @property
+    def durable_end(self) -> int:
+        return self._durable_end
+
+    async def start(self) -> None:
+        if self._fd is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+        valid = await asyncio.to_thread(_scan_valid_end, self.path)
+        if valid != self.path.stat().st_size:
+            os.truncate(self.path, valid)  # a crash mid-append left a torn frame
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._durable_end = valid
+        self._space.set()
+        self._task = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def healthy(self) -> bool:
+        return self._fd is not None and self._failed is None
+
+    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        if not self.healthy():
+            raise LogUnavailable(f"embedded log at {self.path} is not writable: {self._failed}")
+        while self._pending_bytes > MAX_PENDING_BYTES:
+            self._space.clear()
+            await self._space.wait()
+        blob = b"".join(_frame(k, v) for k, v in records)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((blob, future))
+        self._pending_bytes += len(blob)
+        self._wakeup.set()
+        await future
+
+    async def _write_loop(self) -> None:
+        assert self._fd is not None
+        fd = self._fd
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            blob = b"".join(b for b, _ in batch)
+            try:
+                await asyncio.to_thread(_write_and_sync, fd, blob)
+            except OSError as exc:
+                self._failed = exc
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(LogUnavailable(f"embedded log write failed: {exc}"))
+                continue
+            self._durable_end += len(blob)
+            self._pending_bytes -= len(blob)
+            self._space.set()
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            async with self._grown:
+                self._grown.notify_all()
+
+    async def wait_beyond(self, position: int, timeout_s: float) -> None:
+        """Wait until the durable end passes ``position`` or the timeout expires."""
+        if self._durable_end > position:
+            return
+        async with self._grown:
+            try:
+                await asyncio.wait_for(
+                    self._grown.wait_for(lambda: self._durable_end > position), timeout_s
+                )
+            except asyncio.TimeoutError:
+                pass
+
+    def reader(self, group: str) -> "EmbeddedLogReader":
+        return EmbeddedLogReader(self, group)
+
+
+def _write_and_sync(fd: int, blob: bytes) -> None:
+    view = memoryview(blob)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fdatasync(fd)
+
+
+class EmbeddedLogReader:
+    """A consumer of an EmbeddedLog whose committed position survives restarts."""
+
+    def __init__(self, log: EmbeddedLog, group: str) -> None:
+        self.log = log
+        self.offsets_path = log.directory / f"{log.path.stem}.{group}.offset"
+        self._position = 0
+
+    async def start(self) -> None:
+        try:
+            self._position = int(self.offsets_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            self._position = 0
+        if self._position > self.log.durable_end:
+            raise LogUnavailable(
+                f"{self.offsets_path} points past the end of {self.log.path}; "
+                "the log was truncated or replaced: remove the offset file to re-read it"
+            )
+
+    async def stop(self) -> None:
+        return None
+
+    def lag(self) -> int | None:
+        return self.log.durable_end - self._position
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        await self.log.wait_beyond(self._position, timeout_s)
+        end = self.log.durable_end
+        if end <= self._position:
+            return []
+        records = await asyncio.to_thread(_read_frames, self.log.path, self._position, end, max_records)
+        if records:
+            self._position = records[-1].next_offset
+        return records
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        if not records:
+            return
+        position = max(r.next_offset for r in records)
+        await asyncio.to_thread(self._persist, position)
+
+    def _persist(self, position: int) -> None:
+        tmp = self.offsets_path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(position))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.offsets_path)
+        _fsync_dir(self.offsets_path.parent)
+
+
+def _read_frames(path: Path, start: int, end: int, max_records: int) -> list[LogRecord]:
+    out: list[LogRecord] = []
+    chunk_limit = 8 << 20
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(min(end - start, chunk_limit))
+    pos = 0
+    while len(out) < max_records and pos + _HEADER.size <= len(data):
+        length, _crc, key_len = _HEADER.unpack_from(data, pos)
+        body_start = pos + _HEADER.size
+        if body_start + length > len(data):
+            if not out:  # one frame larger than the chunk: read it whole
+                with open(path, "rb") as f:
+                    f.seek(start + pos)
+                    data = data[:pos] + f.read(_HEADER.size + length)
+                continue
+            break
+        payload = data[body_start : body_start + length]
+        next_pos = body_start + length
+        out.append(
+            LogRecord(0, start + pos, start + next_pos, bytes(payload[:key_len]), bytes(payload[key_len:]))
+        )
+        pos = next_pos
+    return out

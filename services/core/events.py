@@ -1,0 +1,228 @@
+"""The event contract: validate what trackers send and turn it into log records.
+
+A record is a plain dict (fast to serialise with orjson) that travels through the
+event log to the sessionizer. Validation reports one ``"<field>: <reason>"`` per
+rejected event so a client can fix exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Final, Mapping
+
+import uuid_utils
+
+EVENT_TYPES: Final = frozenset({"page", "screen", "track", "identify"})
+ERROR_KINDS: Final = frozenset({"js", "crash", "http", "anr", "other"})
+TIMING_FIELDS: Final = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "cls")
+OBJECT_FIELDS: Final = ("properties", "context")
+MAX_ID_LENGTH: Final = 200
+MAX_NAME_LENGTH: Final = 1000
+MIN_TIMESTAMP_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_FUTURE_MS: Final = 24 * 3600 * 1000  # a client clock may run a day ahead, no more
+RECORD_VERSION: Final = 1
+
+_MOBILE_UA = re.compile(r"Mobi|Android|iPhone|iPod|IEMobile|Opera Mini|BlackBerry", re.IGNORECASE)
+
+
+class InvalidEvent(ValueError):
+    """One event broke the contract; ``str()`` is ``"<field>: <reason>"``."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+def now_ms() -> int:
+    return int(datetime.now(timezone.utc).timestamp() * 1000)
+
+
+def new_event_id() -> str:
+    """A time-ordered UUID (v7), so server-assigned ids sort by arrival."""
+    return str(uuid_utils.uuid7())
+
+
+def parse_time_ms(value: Any, field: str) -> int:
+    """ISO 8601 (``Z`` or offset; naive means UTC) to epoch milliseconds."""
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(field, "must be an ISO 8601 string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(field, f"not an ISO 8601 time: {value[:40]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def _identifier(raw: Mapping[str, Any], field: str) -> str:
+    value = raw.get(field)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidEvent(field, "must be a string")
+    text = str(value)
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidEvent(field, f"longer than {MAX_ID_LENGTH} characters")
+    return text
+
+
+def _text(raw: Mapping[str, Any], field: str, limit: int = MAX_NAME_LENGTH) -> str:
+    value = raw.get(field)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidEvent(field, "must be a string")
+    if len(value) > limit:
+        raise InvalidEvent(field, f"longer than {limit} characters")
+    return value
+
+
+def _object(raw: Mapping[str, Any], field: str) -> dict[str, Any]:
+    value = raw.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(field, "must be an object")
+    return value
+
+
+def _timing(raw: Mapping[str, Any]) -> dict[str, float]:
+    timing = _object(raw, "timing")
+    out: dict[str, float] = {}
+    for name in TIMING_FIELDS:
+        value = timing.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidEvent(f"timing.{name}", "must be a number")
+        if not math.isfinite(value) or value < 0 or value > 3_600_000:
+            raise InvalidEvent(f"timing.{name}", "must be between 0 and 3600000")
+        out[name] = float(value)
+    return out
+
+
+def _error(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    if raw.get("error") is None:
+        return None
+    error = _object(raw, "error")
+    kind = error.get("kind", "other")
+    if kind not in ERROR_KINDS:
+        raise InvalidEvent("error.kind", f"must be one of {', '.join(sorted(ERROR_KINDS))}")
+    message = error.get("message", "")
+    if not isinstance(message, str):
+        raise InvalidEvent("error.message", "must be a string")
+    fatal = error.get("fatal", False)
+    if not isinstance(fatal, bool):
+        raise InvalidEvent("error.fatal", "must be true or false")
+    return {"kind": kind, "message": message[:MAX_NAME_LENGTH], "fatal": fatal}
+
+
+def derive_channel(event_type: str, context: Mapping[str, Any]) -> str:
+    """App context means the app; a mobile browser means mobile web; else web."""
+    if isinstance(context.get("app"), dict) and context["app"] or event_type == "screen":
+        return "app"
+    user_agent = context.get("user_agent")
+    if isinstance(user_agent, str) and _MOBILE_UA.search(user_agent):
+        return "mobile_web"
+    return "web"
+
+
+def anonymize_ip(ip: str) -> str:
+    """Drop the host part: the last octet of IPv4, all but the /48 of IPv6."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    prefix = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
+
+
+def normalize(
+    raw: Any,
+    *,
+    project: str,
+    received_ms: int,
+    sent_at_ms: int | None,
+    ip: str,
+    anonymize: bool = True,
+) -> dict[str, Any]:
+    """Validate one raw event and return its log record, or raise InvalidEvent.
+
+    Clock skew: when the batch says when it was sent, the event time is shifted
+    by (received - sent), so a device whose clock is off still lands in order.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidEvent("event", "must be an object")
+    event_type = raw.get("type")
+    if event_type not in EVENT_TYPES:
+        raise InvalidEvent("type", f"must be one of {', '.join(sorted(EVENT_TYPES))}")
+    anonymous_id = _identifier(raw, "anonymous_id")
+    user_id = _identifier(raw, "user_id")
+    if not anonymous_id and not user_id:
+        raise InvalidEvent("anonymous_id", "required unless user_id is given")
+    name = _text(raw, "name")
+    if event_type == "track" and not name:
+        raise InvalidEvent("name", "required for track events")
+    event_id = _identifier(raw, "event_id") or new_event_id()
+    context = _object(raw, "context")
+    properties = _object(raw, "properties")
+    page = context.get("page")
+    if page is not None and not isinstance(page, dict):
+        raise InvalidEvent("context.page", "must be an object")
+    channel = _text(raw, "channel", 64) or derive_channel(event_type, context)
+
+    client_ms: int | None = None
+    if raw.get("timestamp") is not None:
+        client_ms = parse_time_ms(raw["timestamp"], "timestamp")
+        skew = received_ms - sent_at_ms if sent_at_ms is not None else 0
+        timestamp_ms = client_ms + skew
+    else:
+        timestamp_ms = received_ms
+    if timestamp_ms < MIN_TIMESTAMP_MS:
+        raise InvalidEvent("timestamp", "before 2000-01-01")
+    if timestamp_ms > received_ms + MAX_FUTURE_MS:
+        raise InvalidEvent("timestamp", "more than a day in the future")
+
+    return {
+        "v": RECORD_VERSION,
+        "kind": "event",
+        "project": project,
+        "event_id": event_id,
+        "type": event_type,
+        "name": name,
+        "anonymous_id": anonymous_id,
+        "user_id": user_id,
+        "timestamp": timestamp_ms,
+        "client_timestamp": client_ms,
+        "sent_at": sent_at_ms,
+        "received_at": received_ms,
+        "channel": channel,
+        "properties": properties,
+        "context": context,
+        "timing": _timing(raw),
+        "error": _error(raw),
+        "ip": anonymize_ip(ip) if anonymize else ip,
+    }
+
+
+def rejected_record(project: str, index: int, reason: str, raw: Any, received_ms: int) -> dict[str, Any]:
+    """A dead letter: the event as sent, with why it was refused."""
+    return {
+        "v": RECORD_VERSION,
+        "kind": "rejected",
+        "project": project,
+        "index": index,
+        "error": reason,
+        "payload": raw,
+        "received_at": received_ms,
+    }
+
+
+def partition_key(record: Mapping[str, Any]) -> bytes:
+    """Project + device: one device's events stay in order in one partition."""
+    device = record.get("anonymous_id") or record.get("user_id") or ""
+    return f"{record['project']}\x00{device}".encode()

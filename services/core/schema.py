@@ -1,0 +1,127 @@
+"""The ClickHouse schema: every table, as versioned migrations. The only DDL in Touchpoint.
+
+Migrations are append-only: never edit one that has shipped, add the next
+version. Each statement is idempotent (IF NOT EXISTS) so a crash halfway through
+a migration is repaired by running it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+TS: Final = "DateTime64(3, 'UTC')"
+
+# Column order of the events table as the sessionizer inserts it.
+EVENT_COLUMNS: Final = (
+    "project", "event_id", "type", "name", "anonymous_id", "user_id",
+    "timestamp", "client_timestamp", "sent_at", "received_at",
+    "channel", "url", "path", "referrer", "title",
+    "campaign_source", "campaign_medium", "campaign_name",
+    "user_agent", "browser", "os", "device_type", "country", "network", "ip",
+    "response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "cls",
+    "error_kind", "error_message", "error_fatal",
+    "properties", "context",
+)
+LINK_COLUMNS: Final = ("project", "anonymous_id", "user_id", "first_seen", "last_seen")
+REJECTED_COLUMNS: Final = ("project", "received_at", "batch_index", "error", "payload")
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(
+        1,
+        "events, identity links, rejected events",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS events (
+                project LowCardinality(String),
+                event_id String,
+                type LowCardinality(String),
+                name String,
+                anonymous_id String,
+                user_id String,
+                timestamp {TS} COMMENT 'event time, corrected for client clock skew',
+                client_timestamp Nullable({TS}) COMMENT 'as the client sent it',
+                sent_at Nullable({TS}),
+                received_at {TS},
+                channel LowCardinality(String),
+                url String,
+                path String,
+                referrer String,
+                title String,
+                campaign_source LowCardinality(String),
+                campaign_medium LowCardinality(String),
+                campaign_name String,
+                user_agent String,
+                browser LowCardinality(String),
+                os LowCardinality(String),
+                device_type LowCardinality(String),
+                country LowCardinality(String),
+                network LowCardinality(String),
+                ip String COMMENT 'anonymised unless the project turned that off',
+                response_ms Nullable(Float64),
+                ttfb_ms Nullable(Float64),
+                load_ms Nullable(Float64),
+                lcp_ms Nullable(Float64),
+                inp_ms Nullable(Float64),
+                cls Nullable(Float64),
+                error_kind LowCardinality(String),
+                error_message String,
+                error_fatal UInt8,
+                properties String COMMENT 'JSON',
+                context String COMMENT 'JSON',
+                inserted_at {TS} DEFAULT now64(3),
+                INDEX idx_user_id user_id TYPE bloom_filter GRANULARITY 4,
+                INDEX idx_event_id event_id TYPE bloom_filter GRANULARITY 4
+            )
+            ENGINE = ReplacingMergeTree(inserted_at)
+            PARTITION BY toYYYYMM(timestamp)
+            ORDER BY (project, anonymous_id, timestamp, event_id)
+            SETTINGS non_replicated_deduplication_window = 10000
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS identity_links (
+                project LowCardinality(String),
+                anonymous_id String,
+                user_id String,
+                first_seen SimpleAggregateFunction(min, {TS}),
+                last_seen SimpleAggregateFunction(max, {TS}),
+                INDEX idx_user_id user_id TYPE bloom_filter GRANULARITY 1
+            )
+            ENGINE = AggregatingMergeTree
+            ORDER BY (project, anonymous_id, user_id)
+            """,
+            f"""
+            CREATE TABLE IF NOT EXISTS rejected_events (
+                project LowCardinality(String),
+                received_at {TS},
+                batch_index UInt32,
+                error String,
+                payload String,
+                inserted_at {TS} DEFAULT now64(3)
+            )
+            ENGINE = MergeTree
+            PARTITION BY toYYYYMM(received_at)
+            ORDER BY (project, received_at)
+            TTL toDateTime(received_at) + INTERVAL 30 DAY
+            """,
+        ),
+    ),
+)
+
+MIGRATIONS_TABLE: Final = f"""
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version UInt32,
+    name String,
+    applied_at {TS} DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version
+"""

@@ -1,0 +1,116 @@
+"""The warehouse: ClickHouse through clickhouse-connect, embedded (chDB) or a server.
+
+Every component opens its own Warehouse (its own client and lock). All calls
+are blocking; async code runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse, urlunparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from .schema import MIGRATIONS, MIGRATIONS_TABLE
+
+log = logging.getLogger("touchpoint.warehouse")
+
+_migrate_lock = threading.Lock()
+
+
+class WarehouseError(RuntimeError):
+    """ClickHouse could not be reached or refused a statement."""
+
+
+def _server_client(url: str) -> Client:
+    parsed = urlparse(url)
+    database = parsed.path.strip("/") or "default"
+    if database != "default":
+        # The database may not exist yet: create it through the default one.
+        bootstrap = clickhouse_connect.get_client(dsn=urlunparse(parsed._replace(path="/default")))
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        bootstrap.close()
+    return clickhouse_connect.get_client(dsn=url)
+
+
+class Warehouse:
+    """One ClickHouse client with the schema applied."""
+
+    def __init__(self, url: str, component: str) -> None:
+        self.url = url
+        self.component = component
+        self.embedded = url.startswith("chdb:")
+        try:
+            if self.embedded:
+                path = urlparse(url).path
+                if path:
+                    from pathlib import Path
+
+                    Path(path).mkdir(parents=True, exist_ok=True)
+                self.client: Client = clickhouse_connect.get_client(dsn=url)
+            elif url.startswith(("http://", "https://")):
+                self.client = _server_client(url)
+            else:
+                raise WarehouseError(
+                    f"TOUCHPOINT_CLICKHOUSE_URL={url!r}: use chdb:///absolute/path or http(s)://user:pass@host:8123/db"
+                )
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(f"cannot open ClickHouse at {_redact(url)}: {exc}") from exc
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this database lacks; return the versions applied."""
+        with _migrate_lock:
+            self.client.command(MIGRATIONS_TABLE)
+            done = {row[0] for row in self.client.query("SELECT version FROM schema_migrations").result_rows}
+            applied = []
+            for migration in MIGRATIONS:
+                if migration.version in done:
+                    continue
+                for statement in migration.statements:
+                    self.client.command(statement)
+                self.client.insert(
+                    "schema_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
+                )
+                log.info("migration applied", extra={"version": migration.version, "migration": migration.name})
+                applied.append(migration.version)
+            return applied
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.query("SELECT 1").result_rows)
+        except Exception:
+            return False
+
+    def insert(
+        self,
+        table: str,
+        rows: Sequence[Sequence[Any]],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
+    ) -> None:
+        """Insert rows; a retried insert with the same token is dropped by ClickHouse."""
+        if not rows:
+            return
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        self.client.insert(table, rows, column_names=list(columns), settings=settings)
+
+    def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT with bound parameters; rows as dicts."""
+        result = self.client.query(sql, parameters=dict(parameters or {}))
+        names = result.column_names
+        return [dict(zip(names, row)) for row in result.result_rows]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _redact(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return urlunparse(parsed._replace(netloc=f"{parsed.username}:***@{parsed.hostname}:{parsed.port}"))
+    return url

@@ -1,0 +1,63 @@
+"""Reading a request body safely: size limits, gzip with a cap, JSON with orjson."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class BodyError(Exception):
+    """The body cannot be used; ``status`` and ``detail`` go back to the client."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) from Content-Length before reading when too large."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyError(413, f"body: larger than {limit} bytes")
+        except ValueError:
+            raise BodyError(400, "content-length: not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, f"body: larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decompress(raw: bytes, encoding: str, limit: int) -> bytes:
+    """Undo gzip (declared, or recognised by its magic bytes), capped at ``limit`` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        raise BodyError(415, f"content-encoding: {encoding!r} is not supported; use gzip or none")
+    if encoding in ("gzip", "x-gzip") or raw[:2] == GZIP_MAGIC:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise BodyError(400, f"body: invalid gzip data ({exc})") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise BodyError(413, f"body: larger than {limit} bytes once decompressed")
+        return out
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, f"body: not valid JSON ({exc})") from None

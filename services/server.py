@@ -1,0 +1,70 @@
+"""Compose components (ingest, sessionizer, query API) into one HTTP process.
+
+Every process serves ``/health`` and ``/metrics``; ``touchpoint up`` serves all
+three components on one port. Components start in order and stop in reverse,
+so the sessionizer drains before the log it reads from closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Protocol, Sequence
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger("touchpoint.server")
+
+
+class Component(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0") -> FastAPI:
+    started: list[tuple[str, Component]] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            for name, component in components:
+                await component.start()
+                started.append((name, component))
+                log.info("component started", extra={"component": name})
+            yield
+        finally:
+            for name, component in reversed(started):
+                try:
+                    await component.stop()
+                    log.info("component stopped", extra={"component": name})
+                except Exception:
+                    log.exception("component failed to stop", extra={"component": name})
+
+    app = FastAPI(
+        title="Touchpoint",
+        version=version,
+        description="Self-hosted customer-journey tracking: ingest, sessions, journeys.",
+        lifespan=lifespan,
+    )
+    for _, component in components:
+        router = getattr(component, "router", None)
+        if isinstance(router, APIRouter):
+            app.include_router(router)
+
+    @app.get("/health", tags=["operations"], summary="200 once events can be accepted and stored")
+    async def health() -> Response:
+        states: dict[str, Any] = {name: c.ready() for name, c in components}
+        ok = all(states.values()) and len(started) == len(components)
+        return JSONResponse({"status": "ok" if ok else "unavailable", "components": states},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,178 @@
+"""The consumer pipeline: poll → decode → batch → write → commit, in small steps.
+
+Offsets are committed only after ClickHouse accepted every row of the batch.
+While ClickHouse fails, the batch is retried with backoff and nothing new is
+polled (back-pressure, not an unbounded buffer). A record that cannot be decoded
+is written to ``rejected_events`` with its reason; the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.core.eventlog import LogReader, LogRecord
+from services.core.events import now_ms
+from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
+from services.core.warehouse import Warehouse
+
+from .rows import event_row, link_rows, rejected_row
+
+log = logging.getLogger("touchpoint.sessionizer")
+
+EVENTS_WRITTEN = Counter("touchpoint_sessionizer_events_written_total", "Events written to ClickHouse")
+REJECTS_WRITTEN = Counter("touchpoint_sessionizer_rejected_written_total", "Dead letters written to ClickHouse")
+POISON = Counter("touchpoint_sessionizer_poison_records_total", "Log records that could not be decoded")
+WRITE_SECONDS = Histogram(
+    "touchpoint_sessionizer_batch_write_seconds", "Time to write one batch to ClickHouse",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
+LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (embedded log) not yet consumed")
+
+
+@dataclass
+class Decoded:
+    """One batch, decoded into the rows of each table."""
+
+    events: list[list[Any]] = field(default_factory=list)
+    links: list[list[Any]] = field(default_factory=list)
+    rejected: list[list[Any]] = field(default_factory=list)
+
+
+def decode(records: list[LogRecord]) -> Decoded:
+    """Pure: log records to table rows; an undecodable record becomes a dead letter."""
+    out = Decoded()
+    event_records: list[dict[str, Any]] = []
+    for record in records:
+        try:
+            value = orjson.loads(record.value)
+            kind = value.get("kind")
+            if kind == "event":
+                out.events.append(event_row(value))
+                event_records.append(value)
+            elif kind == "rejected":
+                out.rejected.append(rejected_row(value))
+            else:
+                raise ValueError(f"unknown record kind {kind!r}")
+        except Exception as exc:  # a poison record must not stop the consumer
+            POISON.inc()
+            out.rejected.append(
+                rejected_row(
+                    {
+                        "project": "",
+                        "received_at": now_ms(),
+                        "index": 0,
+                        "error": f"log record {record.partition}:{record.offset}: {exc}",
+                        "payload": record.value.decode("utf-8", "replace"),
+                    }
+                )
+            )
+    out.links = link_rows(event_records)
+    return out
+
+
+def batch_token(records: list[LogRecord], table: str) -> str:
+    """Same records, same token: ClickHouse drops a retried insert it already has."""
+    digest = hashlib.sha1(table.encode())
+    for r in records:
+        digest.update(f"{r.partition}:{r.offset};".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class PipelineState:
+    last_write_ok: bool = True
+    last_error: str | None = None
+    last_write_at: float | None = None
+    events_written: int = 0
+
+
+class Pipeline:
+    def __init__(self, reader: LogReader, warehouse: Warehouse, max_events: int, max_seconds: float) -> None:
+        self.reader = reader
+        self.warehouse = warehouse
+        self.max_events = max_events
+        self.max_seconds = max_seconds
+        self.state = PipelineState()
+
+    async def collect(self, stop: asyncio.Event) -> list[LogRecord]:
+        """Poll until the batch is full or max_seconds passed since its first record."""
+        batch: list[LogRecord] = []
+        deadline: float | None = None
+        while len(batch) < self.max_events and not stop.is_set():
+            remaining = self.max_seconds if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            got = await self.reader.poll(self.max_events - len(batch), min(remaining, 0.5))
+            if got:
+                batch.extend(got)
+                if deadline is None:
+                    deadline = time.monotonic() + self.max_seconds
+            elif deadline is None:
+                if batch:
+                    break
+                continue
+        return batch
+
+    def write(self, records: list[LogRecord], decoded: Decoded) -> None:
+        """Blocking: insert every table's rows of one batch."""
+        self.warehouse.insert("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
+        self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
+        self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
+
+    async def write_with_retry(self, records: list[LogRecord], decoded: Decoded, stop: asyncio.Event) -> bool:
+        delay = 0.2
+        while True:
+            started = time.monotonic()
+            try:
+                await asyncio.to_thread(self.write, records, decoded)
+            except Exception as exc:
+                WRITE_FAILURES.inc()
+                self.state.last_write_ok = False
+                self.state.last_error = repr(exc)
+                log.warning(
+                    "ClickHouse write failed; retrying, nothing is committed",
+                    extra={"error": repr(exc)[:500], "retry_in_s": delay, "records": len(records)},
+                )
+                if stop.is_set():
+                    return False
+                try:
+                    await asyncio.wait_for(stop.wait(), delay)
+                    return False
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 10.0)
+                continue
+            WRITE_SECONDS.observe(time.monotonic() - started)
+            self.state.last_write_ok = True
+            self.state.last_error = None
+            self.state.last_write_at = time.time()
+            return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; the batch in hand is written and committed first."""
+        log.info("sessionizer consuming", extra={"max_events": self.max_events, "max_seconds": self.max_seconds})
+        while not stop.is_set():
+            records = await self.collect(stop)
+            lag = self.reader.lag()
+            if lag is not None:
+                LAG.set(lag)
+            if not records:
+                continue
+            decoded = decode(records)
+            if not await self.write_with_retry(records, decoded, stop):
+                break
+            await self.reader.commit(records)
+            EVENTS_WRITTEN.inc(len(decoded.events))
+            REJECTS_WRITTEN.inc(len(decoded.rejected))
+            self.state.events_written += len(decoded.events)
+            log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
+        log.info("sessionizer stopped", extra={"events_written": self.state.events_written})

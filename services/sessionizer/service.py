@@ -1,0 +1,52 @@
+"""The sessionizer as a long-running component: schema, consumer, pipeline task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.core.eventlog import LogReader
+from services.core.settings import Settings
+from services.core.warehouse import Warehouse
+
+from .pipeline import Pipeline
+
+log = logging.getLogger("touchpoint.sessionizer")
+
+
+class Sessionizer:
+    def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse) -> None:
+        self.reader = reader
+        self.warehouse = warehouse
+        self.pipeline = Pipeline(reader, warehouse, settings.batch_max_events, settings.batch_max_seconds)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.warehouse.migrate)
+        await self.reader.start()
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name="sessionizer")
+
+    async def _run(self) -> None:
+        try:
+            await self.pipeline.run(self._stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sessionizer pipeline crashed")
+            raise
+
+    async def stop(self) -> None:
+        """Drain: the batch in hand is written and committed before the consumer leaves."""
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 30)
+            except (asyncio.TimeoutError, Exception):
+                log.warning("sessionizer did not drain in 30 s")
+            self._task = None
+        await self.reader.stop()
+
+    def ready(self) -> bool:
+        return self._task is not None and not self._task.done() and self.pipeline.state.last_write_ok
