@@ -68,7 +68,7 @@ def load_journey(
     rows = warehouse.rows(
         f"SELECT {_EVENT_FIELDS} FROM events "
         "WHERE project = {project:String} "
-        "AND (user_id = {person:String} OR anonymous_id IN {devices:Array(String)}) "
+        "AND ((user_id = {person:String} AND user_id != '') OR anonymous_id IN {devices:Array(String)}) "
         "AND timestamp >= fromUnixTimestamp64Milli({start:Int64}) "
         "AND timestamp < fromUnixTimestamp64Milli({end:Int64}) "
         "ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT {limit:UInt32}",

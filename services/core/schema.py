@@ -111,6 +111,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             PARTITION BY toYYYYMM(received_at)
             ORDER BY (project, received_at)
             TTL toDateTime(received_at) + INTERVAL 30 DAY
+            SETTINGS non_replicated_deduplication_window = 10000
             """,
         ),
     ),

@@ -1,0 +1,212 @@
+"""`touchpoint up` on the embedded default: HTTP → embedded log → sessionizer → chDB → API."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.harness import (
+    API_KEY,
+    OTHER_API_KEY,
+    OTHER_WRITE_KEY,
+    Proc,
+    event_ids,
+    journey_with,
+    new_proc,
+)
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = new_proc("up", tmp_path_factory.mktemp("up")).start()
+    yield proc
+    proc.stop()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def test_health_and_metrics(up: Proc) -> None:
+    health = httpx.get(f"{up.url}/health")
+    assert health.status_code == 200
+    assert health.json()["components"] == {"ingest": True, "sessionizer": True, "api": True}
+    up.post_batch([{"type": "page", "anonymous_id": uid("m"), "name": "Home"}])
+    metrics = httpx.get(f"{up.url}/metrics").text
+    assert "touchpoint_ingest_events_accepted_total" in metrics
+    assert "touchpoint_sessionizer_batch_write_seconds" in metrics
+
+
+def ago(minutes: float) -> str:
+    """An ISO time in the recent past, inside the API's default 7-day range."""
+    return (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat()
+
+
+def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:
+    web, phone, user = uid("web"), uid("phone"), uid("user")
+    web_events = [
+        {"event_id": uid("e"), "type": "page", "name": "Search", "anonymous_id": web, "timestamp": ago(90),
+         "context": {"page": {"path": "/search", "url": "https://shop.example/search?utm_source=ads"}},
+         "timing": {"response_ms": 3400}},
+        {"event_id": uid("e"), "type": "track", "name": "Login", "anonymous_id": web, "user_id": user,
+         "timestamp": ago(89)},
+        {"event_id": uid("e"), "type": "identify", "user_id": user, "anonymous_id": web,
+         "timestamp": ago(88.9), "properties": {"plan": "gold"}},
+    ]
+    r = up.post_batch(web_events)
+    assert r.status_code == 200 and r.json() == {"accepted": 3, "rejected": []}
+    # The app: anonymous first (before the device is linked), logged in later; sent late from an offline queue.
+    app_events = [
+        {"event_id": uid("e"), "type": "screen", "name": "Cart", "anonymous_id": phone, "timestamp": ago(30),
+         "context": {"app": {"name": "Shop", "version": "3.1"}}},
+        {"event_id": uid("e"), "type": "track", "name": "Order Completed", "anonymous_id": phone, "user_id": user,
+         "timestamp": ago(25), "context": {"app": {"name": "Shop"}}},
+    ]
+    assert up.post_batch(app_events).status_code == 200
+    expected = {e["event_id"] for e in web_events + app_events}
+    journey = journey_with(up, user, expected)
+    assert journey["person_id"] == user and journey["identified"] is True
+    assert set(journey["identities"]["anonymous_ids"]) == {web, phone}
+    assert journey["traits"] == {"plan": "gold"}
+    assert [s["channel"] for s in journey["sessions"]] == ["web", "app"]  # time order across devices
+    ids = event_ids(journey)
+    assert len(ids) == 5 and set(ids) == expected
+    search = journey["sessions"][0]["events"][0]
+    assert search["name"] == "Search" and search["timing"] == {"response_ms": 3400.0}
+    assert search["path"] == "/search"
+    # The anonymous phone id names the same person: its events before the link are stitched in.
+    assert up.journey(phone).json()["person_id"] == user
+
+
+def test_clock_skew_is_corrected_with_sent_at(up: Proc) -> None:
+    dev, eid = uid("skew"), uid("e")
+    # The device clock runs 3 hours behind: the event happened 1 minute before the batch was sent.
+    skewed_sent = datetime.now(timezone.utc) - timedelta(hours=3)
+    event = {"event_id": eid, "type": "screen", "name": "Home", "anonymous_id": dev,
+             "timestamp": (skewed_sent - timedelta(minutes=1)).isoformat()}
+    assert up.post_batch([event], sent_at=skewed_sent.isoformat()).status_code == 200
+    journey = journey_with(up, dev, {eid})
+    stored = datetime.fromisoformat(journey["sessions"][0]["events"][0]["timestamp"])
+    expected = datetime.now(timezone.utc) - timedelta(minutes=1)
+    assert abs((stored - expected).total_seconds()) < 30
+
+
+def test_bad_input_gets_clear_4xx_and_loses_nothing_else(up: Proc) -> None:
+    dev = uid("dev")
+    good = {"event_id": uid("e"), "type": "page", "name": "Home", "anonymous_id": dev}
+    r = up.post_batch([good, {"type": "track", "anonymous_id": dev}, {"type": "nope", "anonymous_id": dev}])
+    assert r.status_code == 200
+    assert r.json() == {"accepted": 1, "rejected": [
+        {"index": 1, "error": "name: required for track events"},
+        {"index": 2, "error": "type: must be one of identify, page, screen, track"},
+    ]}
+    journey_with(up, dev, {good["event_id"]})
+
+    batch = f"{up.url}/v1/batch"
+    assert httpx.post(batch, content=b"{}", headers={"X-Write-Key": "wk_nope"}).status_code == 401
+    missing = httpx.post(batch, json={"events": []})
+    assert missing.status_code == 401 and "write_key" in missing.json()["error"]
+    broken = httpx.post(batch, content=b"{not json", headers={"X-Write-Key": "wk_test_shop"})
+    assert broken.status_code == 400 and broken.json()["error"].startswith("body:")
+    not_list = httpx.post(batch, json={"events": {}}, headers={"X-Write-Key": "wk_test_shop"})
+    assert not_list.status_code == 400 and not_list.json()["error"].startswith("events:")
+    huge = httpx.post(batch, content=b"x" * (2 << 20), headers={"X-Write-Key": "wk_test_shop"})
+    assert huge.status_code == 413
+    br = httpx.post(batch, content=b"{}", headers={"X-Write-Key": "wk_test_shop", "Content-Encoding": "br"})
+    assert br.status_code == 415
+
+
+def test_beacon_text_plain_gzip_and_key_in_body(up: Proc) -> None:
+    dev = uid("beacon")
+    e1, e2 = uid("e"), uid("e")
+    body = {"write_key": "wk_test_shop", "events": [{"event_id": e1, "type": "page", "anonymous_id": dev}]}
+    r = httpx.post(f"{up.url}/v1/batch", content=orjson.dumps(body), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    gz = gzip.compress(orjson.dumps({"events": [{"event_id": e2, "type": "page", "anonymous_id": dev}]}))
+    r = httpx.post(f"{up.url}/v1/batch?write_key=wk_test_shop", content=gz,
+                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    journey_with(up, dev, {e1, e2})
+
+
+def test_duplicate_event_id_is_stored_once(up: Proc) -> None:
+    dev, eid = uid("dup"), uid("e")
+    event = {"event_id": eid, "type": "page", "name": "Home", "anonymous_id": dev, "timestamp": ago(5)}
+    for _ in range(3):
+        assert up.post_batch([event]).status_code == 200
+    other = uid("e")
+    up.post_batch([{"event_id": other, "type": "page", "anonymous_id": dev}])
+    journey = journey_with(up, dev, {eid, other})
+    assert sorted(event_ids(journey)) == sorted([eid, other])
+
+
+def test_api_keys_are_per_project(up: Proc) -> None:
+    dev, eid = uid("iso"), uid("e")
+    assert up.post_batch([{"event_id": eid, "type": "page", "anonymous_id": dev}], key=OTHER_WRITE_KEY).status_code == 200
+    journey = journey_with_key(up, dev, OTHER_API_KEY, eid)
+    assert event_ids(journey) == [eid]
+    assert up.journey(dev, key=API_KEY).status_code == 404  # the shop key never sees 'other'
+    assert up.journey(dev, key="wk_test_other").status_code == 401  # write keys cannot read
+    assert httpx.get(f"{up.url}/v1/journeys/{dev}").status_code == 401
+    assert up.journey(dev, key=API_KEY, **{"from": "yesterday"}).status_code == 422
+
+
+def journey_with_key(up: Proc, dev: str, key: str, eid: str) -> dict:
+    from tests.harness import wait_for
+
+    def check() -> dict | None:
+        r = up.journey(dev, key=key)
+        return r.json() if r.status_code == 200 and eid in event_ids(r.json()) else None
+
+    return wait_for(check, 30, "journey in the other project")
+
+
+def test_sigkill_right_after_200_loses_nothing(tmp_path: Path) -> None:
+    proc = new_proc("up", tmp_path / "kill", TOUCHPOINT_BATCH_MAX_SECONDS="2").start()
+    dev = uid("kill")
+    sent: list[str] = []
+    for batch in range(20):
+        events = [{"event_id": uid("e"), "type": "page", "name": f"P{batch}", "anonymous_id": dev} for _ in range(25)]
+        r = proc.post_batch(events)
+        assert r.status_code == 200 and r.json()["accepted"] == 25
+        sent += [e["event_id"] for e in events]
+    proc.kill()  # SIGKILL right after the last 200, before a batch window closed
+    proc.start()
+    try:
+        journey = journey_with(proc, dev, set(sent), timeout=60)
+        ids = event_ids(journey)
+        assert len(ids) == len(sent) == 500
+        assert set(ids) == set(sent)
+    finally:
+        proc.stop()
+
+
+def test_default_project_keys_are_printed(tmp_path: Path) -> None:
+    proc = new_proc("up", tmp_path / "fresh")
+    proc.env.pop("TOUCHPOINT_CONFIG")
+    proc.start()
+    try:
+        banner = proc.logs[0].read_text()
+        assert "project 'default'" in banner and "write key wk_" in banner and "api key ak_" in banner
+        assert "curl" in banner
+        write_key = banner.split("write key ")[1].split()[0]
+        api_key = banner.split("api key ")[1].split()[0]
+        dev, eid = uid("d"), uid("e")
+        r = proc.post_batch([{"event_id": eid, "type": "page", "anonymous_id": dev}], key=write_key)
+        assert r.status_code == 200
+        from tests.harness import wait_for
+
+        def check() -> bool:
+            r = proc.journey(dev, key=api_key)
+            return r.status_code == 200 and event_ids(r.json()) == [eid]
+
+        wait_for(check, 30, "event in the default project")
+    finally:
+        proc.stop()

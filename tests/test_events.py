@@ -1,0 +1,98 @@
+"""The event contract: validation, clock-skew correction, channel, IP anonymisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.core.events import (
+    InvalidEvent,
+    anonymize_ip,
+    derive_channel,
+    normalize,
+    parse_time_ms,
+    partition_key,
+)
+
+RECEIVED = parse_time_ms("2026-11-22T12:00:00Z", "t")
+
+
+def norm(raw: object, sent_at: int | None = None, ip: str = "203.0.113.77", anonymize: bool = True) -> dict:
+    return normalize(raw, project="p", received_ms=RECEIVED, sent_at_ms=sent_at, ip=ip, anonymize=anonymize)
+
+
+def test_valid_page_event_keeps_client_id_and_fields() -> None:
+    rec = norm({"event_id": "e1", "type": "page", "name": "Home", "anonymous_id": "a1",
+                "timestamp": "2026-11-22T11:59:00Z", "context": {"page": {"path": "/"}},
+                "timing": {"response_ms": 120}})
+    assert rec["event_id"] == "e1"
+    assert rec["timestamp"] == RECEIVED - 60_000
+    assert rec["client_timestamp"] == RECEIVED - 60_000
+    assert rec["timing"] == {"response_ms": 120.0}
+    assert rec["channel"] == "web"
+    assert rec["project"] == "p" and rec["kind"] == "event"
+
+
+def test_missing_event_id_gets_time_ordered_uuid() -> None:
+    a = norm({"type": "page", "anonymous_id": "a"})["event_id"]
+    b = norm({"type": "page", "anonymous_id": "a"})["event_id"]
+    assert a != b and len(a) == 36 and a[14] == "7"  # UUID version 7
+    assert a < b
+
+
+def test_clock_skew_is_corrected_with_sent_at() -> None:
+    # The device clock is 1 hour behind: it says it sent at 11:00 while we received at 12:00.
+    rec = norm({"type": "screen", "anonymous_id": "d", "timestamp": "2026-11-22T10:59:30Z"},
+               sent_at=parse_time_ms("2026-11-22T11:00:00Z", "sent_at"))
+    assert rec["timestamp"] == RECEIVED - 30_000
+    assert rec["client_timestamp"] == parse_time_ms("2026-11-22T10:59:30Z", "t")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"type": "click", "anonymous_id": "a"}, "type"),
+        ({"type": "page"}, "anonymous_id"),
+        ({"type": "track", "anonymous_id": "a"}, "name"),
+        ({"type": "page", "anonymous_id": {"x": 1}}, "anonymous_id"),
+        ({"type": "page", "anonymous_id": "a", "timestamp": "yesterday"}, "timestamp"),
+        ({"type": "page", "anonymous_id": "a", "timestamp": "1999-12-31T23:00:00Z"}, "timestamp"),
+        ({"type": "page", "anonymous_id": "a", "timestamp": "2030-01-01T00:00:00Z"}, "timestamp"),
+        ({"type": "page", "anonymous_id": "a", "properties": [1]}, "properties"),
+        ({"type": "page", "anonymous_id": "a", "timing": {"response_ms": "slow"}}, "timing.response_ms"),
+        ({"type": "page", "anonymous_id": "a", "timing": {"lcp_ms": -1}}, "timing.lcp_ms"),
+        ({"type": "page", "anonymous_id": "a", "error": {"kind": "boom"}}, "error.kind"),
+        ({"type": "page", "anonymous_id": "x" * 201}, "anonymous_id"),
+        ("not an object", "event"),
+    ],
+)
+def test_invalid_events_name_the_field(raw: object, field: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        norm(raw)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_user_id_alone_is_enough() -> None:
+    assert norm({"type": "identify", "user_id": 42})["user_id"] == "42"
+
+
+def test_channel_derivation() -> None:
+    iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148 Safari/604.1"
+    assert derive_channel("page", {"user_agent": iphone}) == "mobile_web"
+    assert derive_channel("page", {"user_agent": "Mozilla/5.0 (X11; Linux x86_64)"}) == "web"
+    assert derive_channel("track", {"app": {"name": "Shop", "version": "1.2"}}) == "app"
+    assert derive_channel("screen", {}) == "app"
+    assert norm({"type": "page", "anonymous_id": "a", "channel": "email"})["channel"] == "email"
+
+
+def test_ip_is_anonymised_by_default_and_kept_when_turned_off() -> None:
+    assert anonymize_ip("203.0.113.77") == "203.0.113.0"
+    assert anonymize_ip("2001:db8:1234:5678::1") == "2001:db8:1234::"
+    assert anonymize_ip("not-an-ip") == ""
+    assert norm({"type": "page", "anonymous_id": "a"})["ip"] == "203.0.113.0"
+    assert norm({"type": "page", "anonymous_id": "a"}, anonymize=False)["ip"] == "203.0.113.77"
+
+
+def test_partition_key_is_project_and_device() -> None:
+    rec = norm({"type": "page", "anonymous_id": "dev-1"})
+    assert partition_key(rec) == b"p\x00dev-1"

@@ -1,0 +1,75 @@
+"""Pure identity and sessionization rules, tested directly (no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.core.identity import Link, device_owner, events_of_person, is_placeholder, links_in, person_of
+from services.core.sessions import sessionize
+
+MIN = 60_000
+
+
+def ev(eid: str, ts: int, anon: str = "a1", user: str = "", **extra: Any) -> dict[str, Any]:
+    return {"project": "p", "event_id": eid, "timestamp": ts, "anonymous_id": anon, "user_id": user,
+            "channel": "web", **extra}
+
+
+def test_placeholders_never_link() -> None:
+    for value in ("", "null", "undefined", "Anonymous", "0", "[object Object]", " NULL "):
+        assert is_placeholder(value)
+    events = [ev("1", 0, "undefined", "u1"), ev("2", 0, "a1", "null"), ev("3", 5, "a1", "u1"), ev("4", 9, "a1", "u1")]
+    assert links_in(events) == [("p", Link("a1", "u1", 5, 9))]
+
+
+def test_links_are_retroactive_and_devices_switch_owner_without_merging() -> None:
+    links = [Link("shared", "alice", 100, 200), Link("shared", "bob", 500, 600)]
+    assert device_owner(links, 10) == "alice"  # before the first login: the first user
+    assert device_owner(links, 300) == "alice"
+    assert device_owner(links, 500) == "bob"  # from the second login on: the second user
+    events = [ev("e0", 10, "shared"), ev("e1", 300, "shared"), ev("e2", 700, "shared"),
+              ev("e3", 800, "phone", "alice")]
+    alice = [e["event_id"] for e in events_of_person("alice", events, links)]
+    bob = [e["event_id"] for e in events_of_person("bob", events, links)]
+    assert alice == ["e0", "e1", "e3"]
+    assert bob == ["e2"]
+    assert person_of("shared", links, set()) == "bob"
+    assert person_of("alice", links, {"alice"}) == "alice"
+    assert person_of("lonely", links, set()) == "lonely"
+
+
+def test_sessions_split_on_inactivity_and_campaign() -> None:
+    events = [
+        ev("a", 0), ev("b", 10 * MIN), ev("c", 41 * MIN),  # 31 min gap: new session
+        ev("d", 42 * MIN, campaign_source="newsletter"),  # new campaign: new session
+        ev("e", 43 * MIN, campaign_source="newsletter"),
+        ev("x", 5 * MIN, anon="a2"),  # another device: its own session
+    ]
+    sessions = sessionize(events, 30 * MIN)
+    assert [[e["event_id"] for e in s.events] for s in sessions] == [["a", "b"], ["x"], ["c"], ["d", "e"]]
+    assert sessions[0].started_at == 0 and sessions[0].ended_at == 10 * MIN
+
+
+event_lists = st.lists(
+    st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.integers(0, 300 * MIN), st.sampled_from(["", "u1", "u2"])),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_lists, st.randoms(use_true_random=False))
+def test_any_arrival_order_gives_the_same_sessions_and_persons(items: list[tuple[str, int, str]], rnd: Any) -> None:
+    events = [ev(f"e{i}", ts, anon, user) for i, (anon, ts, user) in enumerate(items)]
+    shuffled = events[:]
+    rnd.shuffle(shuffled)
+
+    def shape(evts: list[dict[str, Any]]) -> Any:
+        sessions = [(s.session_id, [e["event_id"] for e in s.events]) for s in sessionize(evts, 30 * MIN)]
+        links = [link for _, link in links_in(evts)]
+        persons = {u: sorted(e["event_id"] for e in events_of_person(u, evts, links)) for u in ("u1", "u2")}
+        return sessions, persons
+
+    assert shape(events) == shape(shuffled)
