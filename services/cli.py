@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import uvicorn
 
@@ -62,10 +62,14 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
     if command in ("up", "ingest"):
         out.append(("ingest", Ingest(settings, projects, open_writer(settings, embedded))))
     if command in ("up", "sessionizer"):
-        out.append((
-            "sessionizer",
-            Sessionizer(settings, open_reader(settings, embedded), Warehouse(settings.clickhouse_url, "sessionizer")),
-        ))
+        out.append(
+            (
+                "sessionizer",
+                Sessionizer(
+                    settings, open_reader(settings, embedded), Warehouse(settings.clickhouse_url, "sessionizer")
+                ),
+            )
+        )
     if command in ("up", "api"):
         out.append(("api", QueryApi(projects, Warehouse(settings.clickhouse_url, "api"))))
     return out
@@ -74,7 +78,8 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
-        "command", choices=["up", "ingest", "sessionizer", "api"],
+        "command",
+        choices=["up", "ingest", "sessionizer", "api"],
         help="up: everything in one process; or one service (ingest, sessionizer, api) against Kafka",
     )
     args = parser.parse_args(argv)
@@ -90,8 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _banner(settings, projects, str(source), created)
     app = build_app(components)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="on", timeout_graceful_shutdown=30,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
     server.run()

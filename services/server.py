@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Protocol, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
@@ -60,8 +61,9 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
     async def health() -> Response:
         states: dict[str, Any] = {name: c.ready() for name, c in components}
         ok = all(states.values()) and len(started) == len(components)
-        return JSONResponse({"status": "ok" if ok else "unavailable", "components": states},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "components": states}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:

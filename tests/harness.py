@@ -7,9 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -51,14 +52,17 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True, timeout: float = 90.0) -> "Proc":
+    def start(self, wait: bool = True, timeout: float = 90.0) -> Proc:
         n = len(self.logs)
         out = self.data_dir / f"{self.command}-{self.port}-{n}.stdout"
         err = self.data_dir / f"{self.command}-{self.port}-{n}.stderr"
         self.logs += [out, err]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", self.command],
-            env=self.env, stdout=open(out, "wb"), stderr=open(err, "wb"), cwd=self.data_dir,
+            env=self.env,
+            stdout=open(out, "wb"),
+            stderr=open(err, "wb"),
+            cwd=self.data_dir,
         )
         if wait:
             self.wait_healthy(timeout)
@@ -99,12 +103,17 @@ class Proc:
 
     # HTTP helpers -----------------------------------------------------------------
     def post_batch(self, events: list[dict[str, Any]], key: str = WRITE_KEY, **body: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/batch", json={"events": events, **body},
-                          headers={"X-Write-Key": key}, timeout=30)
+        return httpx.post(
+            f"{self.url}/v1/batch", json={"events": events, **body}, headers={"X-Write-Key": key}, timeout=30
+        )
 
     def journey(self, identifier: str, key: str = API_KEY, **params: str) -> httpx.Response:
-        return httpx.get(f"{self.url}/v1/journeys/{identifier}", params=params,
-                         headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        return httpx.get(
+            f"{self.url}/v1/journeys/{identifier}",
+            params=params,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
 
 
 def make_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:

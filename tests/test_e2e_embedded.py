@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -46,28 +46,59 @@ def test_health_and_metrics(up: Proc) -> None:
 
 def ago(minutes: float) -> str:
     """An ISO time in the recent past, inside the API's default 7-day range."""
-    return (datetime.now(timezone.utc) - timedelta(minutes=minutes)).isoformat()
+    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat()
 
 
 def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:
     web, phone, user = uid("web"), uid("phone"), uid("user")
     web_events = [
-        {"event_id": uid("e"), "type": "page", "name": "Search", "anonymous_id": web, "timestamp": ago(90),
-         "context": {"page": {"path": "/search", "url": "https://shop.example/search?utm_source=ads"}},
-         "timing": {"response_ms": 3400}},
-        {"event_id": uid("e"), "type": "track", "name": "Login", "anonymous_id": web, "user_id": user,
-         "timestamp": ago(89)},
-        {"event_id": uid("e"), "type": "identify", "user_id": user, "anonymous_id": web,
-         "timestamp": ago(88.9), "properties": {"plan": "gold"}},
+        {
+            "event_id": uid("e"),
+            "type": "page",
+            "name": "Search",
+            "anonymous_id": web,
+            "timestamp": ago(90),
+            "context": {"page": {"path": "/search", "url": "https://shop.example/search?utm_source=ads"}},
+            "timing": {"response_ms": 3400},
+        },
+        {
+            "event_id": uid("e"),
+            "type": "track",
+            "name": "Login",
+            "anonymous_id": web,
+            "user_id": user,
+            "timestamp": ago(89),
+        },
+        {
+            "event_id": uid("e"),
+            "type": "identify",
+            "user_id": user,
+            "anonymous_id": web,
+            "timestamp": ago(88.9),
+            "properties": {"plan": "gold"},
+        },
     ]
     r = up.post_batch(web_events)
     assert r.status_code == 200 and r.json() == {"accepted": 3, "rejected": []}
     # The app: anonymous first (before the device is linked), logged in later; sent late from an offline queue.
     app_events = [
-        {"event_id": uid("e"), "type": "screen", "name": "Cart", "anonymous_id": phone, "timestamp": ago(30),
-         "context": {"app": {"name": "Shop", "version": "3.1"}}},
-        {"event_id": uid("e"), "type": "track", "name": "Order Completed", "anonymous_id": phone, "user_id": user,
-         "timestamp": ago(25), "context": {"app": {"name": "Shop"}}},
+        {
+            "event_id": uid("e"),
+            "type": "screen",
+            "name": "Cart",
+            "anonymous_id": phone,
+            "timestamp": ago(30),
+            "context": {"app": {"name": "Shop", "version": "3.1"}},
+        },
+        {
+            "event_id": uid("e"),
+            "type": "track",
+            "name": "Order Completed",
+            "anonymous_id": phone,
+            "user_id": user,
+            "timestamp": ago(25),
+            "context": {"app": {"name": "Shop"}},
+        },
     ]
     assert up.post_batch(app_events).status_code == 200
     expected = {e["event_id"] for e in web_events + app_events}
@@ -88,13 +119,18 @@ def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:
 def test_clock_skew_is_corrected_with_sent_at(up: Proc) -> None:
     dev, eid = uid("skew"), uid("e")
     # The device clock runs 3 hours behind: the event happened 1 minute before the batch was sent.
-    skewed_sent = datetime.now(timezone.utc) - timedelta(hours=3)
-    event = {"event_id": eid, "type": "screen", "name": "Home", "anonymous_id": dev,
-             "timestamp": (skewed_sent - timedelta(minutes=1)).isoformat()}
+    skewed_sent = datetime.now(UTC) - timedelta(hours=3)
+    event = {
+        "event_id": eid,
+        "type": "screen",
+        "name": "Home",
+        "anonymous_id": dev,
+        "timestamp": (skewed_sent - timedelta(minutes=1)).isoformat(),
+    }
     assert up.post_batch([event], sent_at=skewed_sent.isoformat()).status_code == 200
     journey = journey_with(up, dev, {eid})
     stored = datetime.fromisoformat(journey["sessions"][0]["events"][0]["timestamp"])
-    expected = datetime.now(timezone.utc) - timedelta(minutes=1)
+    expected = datetime.now(UTC) - timedelta(minutes=1)
     assert abs((stored - expected).total_seconds()) < 30
 
 
@@ -103,10 +139,13 @@ def test_bad_input_gets_clear_4xx_and_loses_nothing_else(up: Proc) -> None:
     good = {"event_id": uid("e"), "type": "page", "name": "Home", "anonymous_id": dev}
     r = up.post_batch([good, {"type": "track", "anonymous_id": dev}, {"type": "nope", "anonymous_id": dev}])
     assert r.status_code == 200
-    assert r.json() == {"accepted": 1, "rejected": [
-        {"index": 1, "error": "name: required for track events"},
-        {"index": 2, "error": "type: must be one of identify, page, screen, track"},
-    ]}
+    assert r.json() == {
+        "accepted": 1,
+        "rejected": [
+            {"index": 1, "error": "name: required for track events"},
+            {"index": 2, "error": "type: must be one of identify, page, screen, track"},
+        ],
+    }
     journey_with(up, dev, {good["event_id"]})
 
     batch = f"{up.url}/v1/batch"
@@ -130,8 +169,11 @@ def test_beacon_text_plain_gzip_and_key_in_body(up: Proc) -> None:
     r = httpx.post(f"{up.url}/v1/batch", content=orjson.dumps(body), headers={"Content-Type": "text/plain"})
     assert r.status_code == 200 and r.json()["accepted"] == 1
     gz = gzip.compress(orjson.dumps({"events": [{"event_id": e2, "type": "page", "anonymous_id": dev}]}))
-    r = httpx.post(f"{up.url}/v1/batch?write_key=wk_test_shop", content=gz,
-                   headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+    r = httpx.post(
+        f"{up.url}/v1/batch?write_key=wk_test_shop",
+        content=gz,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 1
     journey_with(up, dev, {e1, e2})
 
@@ -149,7 +191,8 @@ def test_duplicate_event_id_is_stored_once(up: Proc) -> None:
 
 def test_api_keys_are_per_project(up: Proc) -> None:
     dev, eid = uid("iso"), uid("e")
-    assert up.post_batch([{"event_id": eid, "type": "page", "anonymous_id": dev}], key=OTHER_WRITE_KEY).status_code == 200
+    r = up.post_batch([{"event_id": eid, "type": "page", "anonymous_id": dev}], key=OTHER_WRITE_KEY)
+    assert r.status_code == 200
     journey = journey_with_key(up, dev, OTHER_API_KEY, eid)
     assert event_ids(journey) == [eid]
     assert up.journey(dev, key=API_KEY).status_code == 404  # the shop key never sees 'other'

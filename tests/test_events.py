@@ -21,9 +21,17 @@ def norm(raw: object, sent_at: int | None = None, ip: str = "203.0.113.77", anon
 
 
 def test_valid_page_event_keeps_client_id_and_fields() -> None:
-    rec = norm({"event_id": "e1", "type": "page", "name": "Home", "anonymous_id": "a1",
-                "timestamp": "2026-11-22T11:59:00Z", "context": {"page": {"path": "/"}},
-                "timing": {"response_ms": 120}})
+    rec = norm(
+        {
+            "event_id": "e1",
+            "type": "page",
+            "name": "Home",
+            "anonymous_id": "a1",
+            "timestamp": "2026-11-22T11:59:00Z",
+            "context": {"page": {"path": "/"}},
+            "timing": {"response_ms": 120},
+        }
+    )
     assert rec["event_id"] == "e1"
     assert rec["timestamp"] == RECEIVED - 60_000
     assert rec["client_timestamp"] == RECEIVED - 60_000
@@ -41,8 +49,10 @@ def test_missing_event_id_gets_time_ordered_uuid() -> None:
 
 def test_clock_skew_is_corrected_with_sent_at() -> None:
     # The device clock is 1 hour behind: it says it sent at 11:00 while we received at 12:00.
-    rec = norm({"type": "screen", "anonymous_id": "d", "timestamp": "2026-11-22T10:59:30Z"},
-               sent_at=parse_time_ms("2026-11-22T11:00:00Z", "sent_at"))
+    rec = norm(
+        {"type": "screen", "anonymous_id": "d", "timestamp": "2026-11-22T10:59:30Z"},
+        sent_at=parse_time_ms("2026-11-22T11:00:00Z", "sent_at"),
+    )
     assert rec["timestamp"] == RECEIVED - 30_000
     assert rec["client_timestamp"] == parse_time_ms("2026-11-22T10:59:30Z", "t")
 

@@ -14,8 +14,15 @@ MIN = 60_000
 
 
 def ev(eid: str, ts: int, anon: str = "a1", user: str = "", **extra: Any) -> dict[str, Any]:
-    return {"project": "p", "event_id": eid, "timestamp": ts, "anonymous_id": anon, "user_id": user,
-            "channel": "web", **extra}
+    return {
+        "project": "p",
+        "event_id": eid,
+        "timestamp": ts,
+        "anonymous_id": anon,
+        "user_id": user,
+        "channel": "web",
+        **extra,
+    }
 
 
 def test_placeholders_never_link() -> None:
@@ -30,8 +37,7 @@ def test_links_are_retroactive_and_devices_switch_owner_without_merging() -> Non
     assert device_owner(links, 10) == "alice"  # before the first login: the first user
     assert device_owner(links, 300) == "alice"
     assert device_owner(links, 500) == "bob"  # from the second login on: the second user
-    events = [ev("e0", 10, "shared"), ev("e1", 300, "shared"), ev("e2", 700, "shared"),
-              ev("e3", 800, "phone", "alice")]
+    events = [ev("e0", 10, "shared"), ev("e1", 300, "shared"), ev("e2", 700, "shared"), ev("e3", 800, "phone", "alice")]
     alice = [e["event_id"] for e in events_of_person("alice", events, links)]
     bob = [e["event_id"] for e in events_of_person("bob", events, links)]
     assert alice == ["e0", "e1", "e3"]
@@ -43,7 +49,9 @@ def test_links_are_retroactive_and_devices_switch_owner_without_merging() -> Non
 
 def test_sessions_split_on_inactivity_and_campaign() -> None:
     events = [
-        ev("a", 0), ev("b", 10 * MIN), ev("c", 41 * MIN),  # 31 min gap: new session
+        ev("a", 0),
+        ev("b", 10 * MIN),
+        ev("c", 41 * MIN),  # 31 min gap: new session
         ev("d", 42 * MIN, campaign_source="newsletter"),  # new campaign: new session
         ev("e", 43 * MIN, campaign_source="newsletter"),
         ev("x", 5 * MIN, anon="a2"),  # another device: its own session
@@ -55,7 +63,8 @@ def test_sessions_split_on_inactivity_and_campaign() -> None:
 
 event_lists = st.lists(
     st.tuples(st.sampled_from(["a1", "a2", "a3"]), st.integers(0, 300 * MIN), st.sampled_from(["", "u1", "u2"])),
-    min_size=1, max_size=40,
+    min_size=1,
+    max_size=40,
 )
 
 

@@ -10,8 +10,14 @@ from services.core.settings import ConfigError, Settings, load_projects
 
 
 def test_environment_names_of_the_contract(tmp_path: Path) -> None:
-    s = Settings.from_env({"TOUCHPOINT_HOST": "0.0.0.0", "TOUCHPOINT_PORT": "9000",
-                           "TOUCHPOINT_DATA_DIR": str(tmp_path), "TOUCHPOINT_KAFKA_BOOTSTRAP": "k:9092"})
+    s = Settings.from_env(
+        {
+            "TOUCHPOINT_HOST": "0.0.0.0",
+            "TOUCHPOINT_PORT": "9000",
+            "TOUCHPOINT_DATA_DIR": str(tmp_path),
+            "TOUCHPOINT_KAFKA_BOOTSTRAP": "k:9092",
+        }
+    )
     assert (s.host, s.port, s.data_dir, s.kafka_bootstrap) == ("0.0.0.0", 9000, tmp_path, "k:9092")
     assert s.clickhouse_url == f"chdb://{tmp_path / 'clickhouse'}"
     assert Settings.from_env({}).kafka_bootstrap is None
@@ -36,8 +42,10 @@ def test_projects_file_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"projects\[0\]\.write_keys"):
         load_projects(s)
     good = tmp_path / "g.toml"
-    good.write_text('[[projects]]\nid = "shop"\nwrite_keys = ["w"]\napi_keys = ["a"]\n'
-                    'goals = ["Order Completed"]\nsession_timeout_minutes = 20\n')
+    good.write_text(
+        '[[projects]]\nid = "shop"\nwrite_keys = ["w"]\napi_keys = ["a"]\n'
+        'goals = ["Order Completed"]\nsession_timeout_minutes = 20\n'
+    )
     projects, _, _ = load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(good)}))
     assert projects.by_write_key["w"].session_timeout_minutes == 20
     assert projects.by_api_key["a"].goals == ("Order Completed",)

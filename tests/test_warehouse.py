@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
+
+from services.core.eventlog import LogRecord
+from services.core.events import normalize, now_ms
 from services.core.schema import MIGRATIONS
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
-from services.core.eventlog import LogRecord
-import orjson
-
-from services.core.events import normalize, now_ms
 
 
 def test_migrations_are_idempotent_and_versioned(chdb_path: Path) -> None:
@@ -28,9 +28,21 @@ def test_retried_batch_is_stored_once(chdb_path: Path) -> None:
     wh.migrate()
     now = now_ms()
     records = [
-        LogRecord(0, i, i + 1, b"k", orjson.dumps(normalize(
-            {"type": "page", "anonymous_id": "retry-dev", "user_id": "retry-user", "event_id": f"r{i}"},
-            project="wh", received_ms=now, sent_at_ms=None, ip="127.0.0.1")))
+        LogRecord(
+            0,
+            i,
+            i + 1,
+            b"k",
+            orjson.dumps(
+                normalize(
+                    {"type": "page", "anonymous_id": "retry-dev", "user_id": "retry-user", "event_id": f"r{i}"},
+                    project="wh",
+                    received_ms=now,
+                    sent_at_ms=None,
+                    ip="127.0.0.1",
+                )
+            ),
+        )
         for i in range(5)
     ] + [LogRecord(0, 5, 6, b"k", b"{not json")]
     decoded = decode(records)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -23,7 +23,7 @@ def _time(value: str | None, field: str, default: datetime) -> int:
     except ValueError:
         raise HTTPException(422, f"{field}: not an ISO 8601 time") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return ms(parsed)
 
 
@@ -33,8 +33,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
-        self.router.add_api_route("/v1/journeys/{identifier}", self.journey, methods=["GET"], tags=["query"],
-                                  summary="Everything one person did, as sessions")
+        self.router.add_api_route(
+            "/v1/journeys/{identifier}",
+            self.journey,
+            methods=["GET"],
+            tags=["query"],
+            summary="Everything one person did, as sessions",
+        )
 
     async def start(self) -> None:
         await asyncio.to_thread(self.warehouse.migrate)
@@ -55,7 +60,7 @@ class QueryApi:
     ) -> dict[str, Any]:
         """The person behind a user id or anonymous id, with their sessions in time order."""
         project = project_for(request, self.projects)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         start = _time(from_, "from", now - timedelta(days=7))
         end = _time(to, "to", now + timedelta(seconds=1))
         if start >= end:

@@ -11,8 +11,9 @@ def project_for(request: Request, projects: Projects) -> Project:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(401, "authorization: send 'Authorization: Bearer <api key>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "authorization: send 'Authorization: Bearer <api key>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     project = projects.by_api_key.get(token.strip())
     if project is None:
         raise HTTPException(401, "authorization: unknown API key", headers={"WWW-Authenticate": "Bearer"})

@@ -6,11 +6,12 @@ stitching and sessionization rules of services.core, the same code every mode us
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from services.core.events import TIMING_FIELDS
 from services.core.identity import Link, events_of_person, person_of
 from services.core.sessions import Session, sessionize
 from services.core.warehouse import Warehouse
@@ -26,14 +27,12 @@ _EVENT_FIELDS = (
 
 def ms(value: datetime) -> int:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
 
 
 def iso(ms_value: int) -> str:
-    return datetime.fromtimestamp(ms_value / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    return datetime.fromtimestamp(ms_value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _links(warehouse: Warehouse, project: str, where: str, params: dict[str, Any]) -> list[Link]:
@@ -62,7 +61,11 @@ def load_journey(
     if person_is_user:
         own = _links(warehouse, project, "user_id = {person:String}", {"person": person})
         devices = sorted({link.anonymous_id for link in own})
-        links = _links(warehouse, project, "anonymous_id IN {devices:Array(String)}", {"devices": devices}) if devices else []
+        links = (
+            _links(warehouse, project, "anonymous_id IN {devices:Array(String)}", {"devices": devices})
+            if devices
+            else []
+        )
     else:
         devices, links = [identifier], []
     rows = warehouse.rows(
@@ -72,8 +75,14 @@ def load_journey(
         "AND timestamp >= fromUnixTimestamp64Milli({start:Int64}) "
         "AND timestamp < fromUnixTimestamp64Milli({end:Int64}) "
         "ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT {limit:UInt32}",
-        {"project": project, "person": person if person_is_user else "", "devices": devices,
-         "start": start_ms, "end": end_ms, "limit": MAX_EVENTS},
+        {
+            "project": project,
+            "person": person if person_is_user else "",
+            "devices": devices,
+            "start": start_ms,
+            "end": end_ms,
+            "limit": MAX_EVENTS,
+        },
     )
     for row in rows:
         row["timestamp"] = ms(row["timestamp"])
@@ -121,7 +130,7 @@ def _session_json(session: Session) -> dict[str, Any]:
 
 
 def _event_json(event: dict[str, Any] | Any) -> dict[str, Any]:
-    timing = {k: event[k] for k in ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "cls") if event[k] is not None}
+    timing = {k: event[k] for k in TIMING_FIELDS if event[k] is not None}
     return {
         "event_id": event["event_id"],
         "type": event["type"],
@@ -135,5 +144,6 @@ def _event_json(event: dict[str, Any] | Any) -> dict[str, Any]:
         "properties": orjson.loads(event["properties"] or "{}"),
         "timing": timing,
         "error": {"kind": event["error_kind"], "message": event["error_message"], "fatal": bool(event["error_fatal"])}
-        if event["error_kind"] else None,
+        if event["error_kind"]
+        else None,
     }

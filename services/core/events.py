@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from datetime import datetime, timezone
-from typing import Any, Final, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import uuid_utils
 
@@ -37,7 +38,7 @@ class InvalidEvent(ValueError):
 
 
 def now_ms() -> int:
-    return int(datetime.now(timezone.utc).timestamp() * 1000)
+    return int(datetime.now(UTC).timestamp() * 1000)
 
 
 def new_event_id() -> str:
@@ -54,7 +55,7 @@ def parse_time_ms(value: Any, field: str) -> int:
     except ValueError:
         raise InvalidEvent(field, f"not an ISO 8601 time: {value[:40]!r}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 

@@ -8,13 +8,30 @@ device is linked to another user, its events from then on belong to that user.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Iterable, Mapping, Sequence
+from typing import Any, Final
 
 PLACEHOLDER_IDS: Final = frozenset(
     {
-        "", "null", "undefined", "none", "nil", "nan", "anonymous", "anon", "guest", "unknown",
-        "0", "-1", "[object object]", "n/a", "na", "user", "id", "00000000-0000-0000-0000-000000000000",
+        "",
+        "null",
+        "undefined",
+        "none",
+        "nil",
+        "nan",
+        "anonymous",
+        "anon",
+        "guest",
+        "unknown",
+        "0",
+        "-1",
+        "[object object]",
+        "n/a",
+        "na",
+        "user",
+        "id",
+        "00000000-0000-0000-0000-000000000000",
     }
 )
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import secrets
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,7 @@ class Projects:
     by_api_key: Mapping[str, Project] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, items: list[Project]) -> "Projects":
+    def of(cls, items: list[Project]) -> Projects:
         by_write: dict[str, Project] = {}
         by_api: dict[str, Project] = {}
         for project in items:
@@ -77,7 +78,7 @@ class Settings:
     log_level: str = "info"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         data_dir = Path(env.get("TOUCHPOINT_DATA_DIR", "./data")).resolve()
         default_ch = f"chdb://{data_dir / 'clickhouse'}"

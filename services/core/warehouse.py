@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import clickhouse_connect
@@ -103,7 +104,7 @@ class Warehouse:
         """Run a SELECT with bound parameters; rows as dicts."""
         result = self.client.query(sql, parameters=dict(parameters or {}))
         names = result.column_names
-        return [dict(zip(names, row)) for row in result.result_rows]
+        return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
     def close(self) -> None:
         self.client.close()

@@ -27,7 +27,8 @@ REQUESTS = Counter("touchpoint_ingest_requests_total", "Batch requests by HTTP s
 ACCEPTED = Counter("touchpoint_ingest_events_accepted_total", "Events accepted and durable")
 REJECTED = Counter("touchpoint_ingest_events_rejected_total", "Events refused, by field", ["field"])
 APPEND_SECONDS = Histogram(
-    "touchpoint_ingest_append_seconds", "Time for the event log to make a batch durable",
+    "touchpoint_ingest_append_seconds",
+    "Time for the event log to make a batch durable",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRY_AFTER_SECONDS = 5
@@ -50,8 +51,9 @@ class Ingest:
         self.projects = projects
         self.writer = writer
         self.router = APIRouter()
-        self.router.add_api_route("/v1/batch", self.batch, methods=["POST"], tags=["ingest"],
-                                  summary="Send a batch of events")
+        self.router.add_api_route(
+            "/v1/batch", self.batch, methods=["POST"], tags=["ingest"], summary="Send a batch of events"
+        )
 
     async def start(self) -> None:
         await self.writer.start()
@@ -75,7 +77,9 @@ class Ingest:
             return _error(400, "body: must be a JSON object with an 'events' list")
         key = request.headers.get("x-write-key") or request.query_params.get("write_key") or body.get("write_key")
         if not key:
-            return _error(401, "write_key: missing; send it as X-Write-Key header, write_key query parameter or body field")
+            return _error(
+                401, "write_key: missing; send the X-Write-Key header, write_key query parameter or body field"
+            )
         project = self.projects.by_write_key.get(str(key))
         if project is None:
             return _error(401, "write_key: unknown")
@@ -95,8 +99,12 @@ class Ingest:
         for index, raw_event in enumerate(events):
             try:
                 record = normalize(
-                    raw_event, project=project.id, received_ms=received, sent_at_ms=sent_at,
-                    ip=ip, anonymize=project.anonymize_ip,
+                    raw_event,
+                    project=project.id,
+                    received_ms=received,
+                    sent_at_ms=sent_at,
+                    ip=ip,
+                    anonymize=project.anonymize_ip,
                 )
             except InvalidEvent as exc:
                 rejected.append({"index": index, "error": str(exc)})
@@ -112,7 +120,8 @@ class Ingest:
         except LogUnavailable as exc:
             log.warning("event log unavailable; answering 503", extra={"error": str(exc)[:300]})
             return _error(
-                503, "event log unavailable, nothing was stored; retry later",
+                503,
+                "event log unavailable, nothing was stored; retry later",
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         APPEND_SECONDS.observe(time.perf_counter() - started)

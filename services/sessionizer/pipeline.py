@@ -31,7 +31,8 @@ EVENTS_WRITTEN = Counter("touchpoint_sessionizer_events_written_total", "Events 
 REJECTS_WRITTEN = Counter("touchpoint_sessionizer_rejected_written_total", "Dead letters written to ClickHouse")
 POISON = Counter("touchpoint_sessionizer_poison_records_total", "Log records that could not be decoded")
 WRITE_SECONDS = Histogram(
-    "touchpoint_sessionizer_batch_write_seconds", "Time to write one batch to ClickHouse",
+    "touchpoint_sessionizer_batch_write_seconds",
+    "Time to write one batch to ClickHouse",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
@@ -147,7 +148,7 @@ class Pipeline:
                 try:
                     await asyncio.wait_for(stop.wait(), delay)
                     return False
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, 10.0)
                 continue

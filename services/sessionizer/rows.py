@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import orjson
@@ -14,7 +15,7 @@ from services.core.identity import links_in
 def _dt(ms: int | None) -> datetime | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _str(obj: Any, *path: str) -> str:
@@ -86,8 +87,11 @@ def event_row(record: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def link_rows(records: list[Mapping[str, Any]]) -> list[list[Any]]:
-    return [[p, link.anonymous_id, link.user_id, _dt(link.first_seen), _dt(link.last_seen)] for p, link in links_in(records)]
+def link_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    return [
+        [project, link.anonymous_id, link.user_id, _dt(link.first_seen), _dt(link.last_seen)]
+        for project, link in links_in(records)
+    ]
 
 
 def rejected_row(record: Mapping[str, Any]) -> list[Any]:

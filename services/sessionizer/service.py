@@ -43,7 +43,7 @@ class Sessionizer:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, 30)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 log.warning("sessionizer did not drain in 30 s")
             self._task = None
         await self.reader.stop()

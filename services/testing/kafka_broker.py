@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -112,9 +113,18 @@ def fetch() -> Path:
     tmp_lib = root / "lib.partial"
     shutil.rmtree(tmp_lib, ignore_errors=True)
     proc = subprocess.run(
-        [mvn, "-B", "-q", "-f", str(root / "pom.xml"), "dependency:copy-dependencies",
-         f"-DoutputDirectory={tmp_lib}", "-DincludeScope=runtime"],
-        capture_output=True, text=True,
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(root / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp_lib}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise BrokerError(
@@ -204,10 +214,8 @@ class Broker:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _write_config(workdir: Path, port: int, controller_port: int) -> None:
@@ -244,11 +252,16 @@ def _java_cmd(workdir: Path, main: str, *args: str) -> list[str]:
     heap = os.environ.get("TOUCHPOINT_KAFKA_HEAP", "768m")
     return [
         shutil.which("java") or "java",
-        f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC",
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}",
         f"-Dkafka.logs.dir={workdir}",
-        "-cp", str(lib / "*"), main, *args,
+        "-cp",
+        str(lib / "*"),
+        main,
+        *args,
     ]
 
 
@@ -262,7 +275,9 @@ def _launch(workdir: Path, port: int) -> _Launched:
     out = open(workdir / "stdout.log", "ab")
     proc = subprocess.Popen(
         _java_cmd(workdir, "kafka.Kafka", str(workdir / "server.properties")),
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
     out.close()
@@ -299,9 +314,11 @@ def start(port: int | None = None, workdir: Path | None = None, timeout: float =
     _write_config(workdir, port, controller_port)
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
     fmt = subprocess.run(
-        _java_cmd(workdir, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                  "-c", str(workdir / "server.properties")),
-        capture_output=True, text=True,
+        _java_cmd(
+            workdir, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(workdir / "server.properties")
+        ),
+        capture_output=True,
+        text=True,
     )
     if fmt.returncode != 0:
         raise BrokerError(f"formatting the KRaft log dir failed:\n{fmt.stdout}{fmt.stderr}")
@@ -338,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
             if _port_open(args.port):
                 raise BrokerError(f"port {args.port} is taken; pass --port or set TOUCHPOINT_KAFKA_PORT")
             broker = start(port=args.port)
-            state.write_text(json.dumps({"pid": broker.pid, "workdir": str(broker.workdir),
-                                         "controller_port": broker.controller_port}))
+            state.write_text(
+                json.dumps(
+                    {"pid": broker.pid, "workdir": str(broker.workdir), "controller_port": broker.controller_port}
+                )
+            )
             print(f"TOUCHPOINT_KAFKA_BOOTSTRAP={broker.bootstrap}")
         else:
             if not state.exists():

@@ -10,11 +10,12 @@ offset is persisted atomically (write, fsync, rename) after each commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .base import LogRecord, LogUnavailable
 
@@ -87,10 +88,8 @@ class EmbeddedLog:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._fd is not None:
             os.close(self._fd)
@@ -144,14 +143,10 @@ class EmbeddedLog:
         if self._durable_end > position:
             return
         async with self._grown:
-            try:
-                await asyncio.wait_for(
-                    self._grown.wait_for(lambda: self._durable_end > position), timeout_s
-                )
-            except asyncio.TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._grown.wait_for(lambda: self._durable_end > position), timeout_s)
 
-    def reader(self, group: str) -> "EmbeddedLogReader":
+    def reader(self, group: str) -> EmbeddedLogReader:
         return EmbeddedLogReader(self, group)
 
 
@@ -233,8 +228,6 @@ def _read_frames(path: Path, start: int, end: int, max_records: int) -> list[Log
             break
         payload = data[body_start : body_start + length]
         next_pos = body_start + length
-        out.append(
-            LogRecord(0, start + pos, start + next_pos, bytes(payload[:key_len]), bytes(payload[key_len:]))
-        )
+        out.append(LogRecord(0, start + pos, start + next_pos, bytes(payload[:key_len]), bytes(payload[key_len:])))
         pos = next_pos
     return out

@@ -1,0 +1,43 @@
+# Touchpoint: `make up` runs everything on the embedded default; `make test` runs the suite
+# against a real Kafka broker and the real ClickHouse engine (chDB). Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Touchpoint needs Python 3.11 or newer: set PYTHON=python3.11")'
+	@test -x $(BIN)/python || { echo "==> creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> installing Touchpoint and its dependencies into $(VENV)"
+	@$(BIN)/pip install --quiet --upgrade pip
+	@$(BIN)/pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+up: install
+	@$(BIN)/touchpoint up
+
+# Checks JDK 17+ and Maven, then resolves Apache Kafka from Maven Central into ~/.cache/touchpoint (once).
+kafka-fetch: install
+	@$(BIN)/python -m services.testing.kafka_broker fetch >/dev/null
+
+kafka-up: kafka-fetch
+	@$(BIN)/python -m services.testing.kafka_broker up
+
+kafka-down: install
+	@$(BIN)/python -m services.testing.kafka_broker down
+
+lint: install
+	@echo "==> ruff"; $(BIN)/ruff check services tests
+	@echo "==> mypy --strict"; $(BIN)/mypy
+
+test: lint kafka-fetch
+	@echo "==> pytest (starts a real Kafka broker; uses chDB)"
+	@$(BIN)/pytest -ra
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

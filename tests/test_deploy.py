@@ -1,0 +1,31 @@
+"""The Docker Compose topology stays valid and in step with the settings it configures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from services.core.settings import Settings, load_projects
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_compose_runs_the_three_services_on_kafka_and_clickhouse() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "clickhouse", "ingest", "sessionizer", "api"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:4")
+    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
+    for name in ("ingest", "sessionizer", "api"):
+        assert services[name]["command"] == [name]
+        env = services[name]["environment"]
+        settings = Settings.from_env({k: str(v) for k, v in env.items()})
+        assert settings.kafka_bootstrap == "kafka:9092"
+        assert settings.clickhouse_url.startswith("http://")
+
+
+def test_example_projects_file_loads() -> None:
+    env = {"TOUCHPOINT_CONFIG": str(ROOT / "deploy" / "projects.example.toml")}
+    projects, _, created = load_projects(Settings.from_env(env))
+    assert not created and projects.items[0].id == "shop"

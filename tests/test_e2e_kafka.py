@@ -1,0 +1,147 @@
+"""The real path on a real Apache Kafka broker: HTTP → Kafka → sessionizer → chDB → API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from services.testing.kafka_broker import Broker
+from tests.conftest import bootstrap_of
+from tests.harness import event_ids, journey_with, new_proc, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+def kafka_env(kafka: Broker | str, name: str) -> dict[str, str]:
+    return {
+        "TOUCHPOINT_KAFKA_BOOTSTRAP": bootstrap_of(kafka),
+        "TOUCHPOINT_KAFKA_TOPIC": f"test.{name}.{uuid.uuid4().hex[:8]}",
+        "TOUCHPOINT_KAFKA_GROUP": f"g-{name}-{uuid.uuid4().hex[:8]}",
+        "TOUCHPOINT_KAFKA_PARTITIONS": "3",
+    }
+
+
+def devices_events(devices: list[str], per_device: int) -> list[dict[str, object]]:
+    return [
+        {
+            "event_id": f"{d}-{i}",
+            "type": "page",
+            "name": f"Page {i}",
+            "anonymous_id": d,
+            "context": {"page": {"path": f"/p/{i}"}},
+        }
+        for d in devices
+        for i in range(per_device)
+    ]
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[int, bytes]]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    out: list[tuple[int, bytes]] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(out) < expected:
+                for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                    out += [(tp.partition, m.key or b"") for m in messages]
+        partitions = consumer.partitions_for_topic(topic)
+        assert partitions is not None and len(partitions) == 3
+    finally:
+        await consumer.stop()
+    return out
+
+
+def test_up_on_kafka_end_to_end_keyed_per_device(kafka: Broker | str, tmp_path: Path) -> None:
+    env = kafka_env(kafka, "up")
+    proc = new_proc("up", tmp_path / "up", **env).start()
+    try:
+        devices = [f"dev-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+        events = devices_events(devices, 5)
+        r = proc.post_batch(events)
+        assert r.status_code == 200 and r.json() == {"accepted": 30, "rejected": []}
+        for device in devices:
+            journey = journey_with(proc, device, {f"{device}-{i}" for i in range(5)})
+            assert sorted(event_ids(journey)) == sorted(f"{device}-{i}" for i in range(5))
+        records = asyncio.run(read_topic(bootstrap_of(kafka), env["TOUCHPOINT_KAFKA_TOPIC"], 30))
+        assert len(records) == 30
+        partition_of: dict[bytes, set[int]] = {}
+        for partition, key in records:
+            partition_of.setdefault(key, set()).add(partition)
+        assert set(partition_of) == {f"shop\x00{d}".encode() for d in devices}
+        assert all(len(p) == 1 for p in partition_of.values())  # one device, one partition
+        metrics = httpx.get(f"{proc.url}/metrics").text
+        accepted = re.search(r"^touchpoint_ingest_events_accepted_total (\S+)$", metrics, re.M)
+        assert accepted and float(accepted.group(1)) == 30
+    finally:
+        proc.stop()
+
+
+def test_separate_services_ingest_sessionizer_api(kafka: Broker | str, tmp_path: Path) -> None:
+    env = kafka_env(kafka, "split")
+    data = tmp_path / "split"
+    ingest = new_proc("ingest", data, **env).start()
+    sessionizer = new_proc("sessionizer", data, **env).start()
+    try:
+        user = f"user-{uuid.uuid4().hex[:8]}"
+        devices = [f"dev-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+        events = devices_events(devices, 4)
+        events += [
+            {"event_id": f"login-{d}", "type": "track", "name": "Login", "anonymous_id": d, "user_id": user}
+            for d in devices
+        ]
+        assert ingest.post_batch(events[:8]).json()["accepted"] == 8
+        assert ingest.post_batch(events[8:]).json()["accepted"] == len(events) - 8
+        # A batch the sessionizer receives twice (a client retry) must still count once.
+        assert ingest.post_batch(events[:3]).status_code == 200
+
+        def written() -> bool:
+            text = httpx.get(f"{sessionizer.url}/metrics").text
+            m = re.search(r"^touchpoint_sessionizer_events_written_total (\S+)$", text, re.M)
+            return bool(m) and float(m.group(1)) >= len(events) + 3
+
+        wait_for(written, 60, "the sessionizer to write every event")
+        # SIGTERM drains and commits (uvicorn re-raises the signal after a clean shutdown).
+        assert sessionizer.stop() in (0, -15)
+        assert '"msg":"sessionizer stopped"' in sessionizer.tail()
+    finally:
+        ingest.stop()
+        sessionizer.stop()
+    # chDB is in-process: the API opens the same engine path once the sessionizer left.
+    api = new_proc("api", data, **env).start()
+    try:
+        journey = journey_with(api, user, {e["event_id"] for e in events})  # type: ignore[misc]
+        ids = event_ids(journey)
+        assert len(ids) == len(events) and set(ids) == {e["event_id"] for e in events}
+        assert set(journey["identities"]["anonymous_ids"]) == set(devices)
+    finally:
+        api.stop()
+
+
+def test_sessionizer_restart_resumes_from_committed_offsets(kafka: Broker | str, tmp_path: Path) -> None:
+    env = kafka_env(kafka, "resume")
+    data = tmp_path / "resume"
+    proc = new_proc("up", data, **env).start()
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    first = devices_events([device], 5)
+    try:
+        assert proc.post_batch(first).status_code == 200
+        journey_with(proc, device, {e["event_id"] for e in first})  # type: ignore[misc]
+    finally:
+        proc.stop()
+    proc.start()
+    try:
+        later = [{**e, "event_id": f"later-{e['event_id']}"} for e in first]
+        assert proc.post_batch(later).status_code == 200
+        expected = {e["event_id"] for e in first + later}  # type: ignore[misc]
+        journey = journey_with(proc, device, expected)
+        assert sorted(event_ids(journey)) == sorted(expected)
+    finally:
+        proc.stop()
