@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Settings:
     batch_max_seconds: float = 1.0
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
+    ingest_id: str = "touchpoint-ingest"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -98,6 +100,8 @@ class Settings:
             batch_max_seconds=_float(env, "TOUCHPOINT_BATCH_MAX_SECONDS", 1.0),
             max_body_bytes=_int(env, "TOUCHPOINT_MAX_BODY_BYTES", 1 << 20),
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),
+            ingest_id=env.get("TOUCHPOINT_INGEST_ID")
+            or f"touchpoint-ingest-{socket.gethostname()}-{_int(env, 'TOUCHPOINT_PORT', 8080)}",
         )
 
     @property

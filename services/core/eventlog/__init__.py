@@ -24,7 +24,11 @@ def open_writer(settings: Settings, embedded: EmbeddedLog | None = None) -> LogW
         from .kafka import KafkaLogWriter
 
         return KafkaLogWriter(
-            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions, settings.produce_timeout_s
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            settings.produce_timeout_s,
+            transactional_id=settings.ingest_id,
         )
     if embedded is None:
         raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")

@@ -8,16 +8,20 @@ by the pipeline only after ClickHouse accepted the write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
 from .base import LogRecord, LogUnavailable
 
 log = logging.getLogger("touchpoint.eventlog.kafka")
+
+RETRY_COOLDOWN_S = 0.5  # after a failure, answer 503 at once for this long instead of piling up
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int = 1) -> None:
@@ -38,46 +42,133 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication:
 
 
 class KafkaLogWriter:
-    def __init__(self, bootstrap: str, topic: str, partitions: int, timeout_s: float) -> None:
+    """Appends in Kafka transactions, grouping concurrent requests into one commit.
+
+    Why transactions: a request that times out must not be stored, or a client
+    told 503 would find its events anyway. Every HTTP request waiting at the same
+    moment shares one transaction; the consumer reads ``read_committed``, so an
+    aborted (or fenced, after a crash) transaction is never seen. The
+    transactional id is stable per ingest instance, so a restarted instance
+    fences the transaction its predecessor left open instead of waiting for
+    the broker's transaction timeout.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        timeout_s: float,
+        transactional_id: str,
+        max_pending_records: int = 200_000,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.timeout_s = timeout_s
+        self.transactional_id = transactional_id
+        self.max_pending_records = max_pending_records
         self._producer: AIOKafkaProducer | None = None
         self._last_error: str | None = None
+        self._failed_at = 0.0
+        self._pending: list[tuple[Sequence[tuple[bytes, bytes]], asyncio.Future[None]]] = []
+        self._pending_records = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await ensure_topic(self.bootstrap, self.topic, self.partitions)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_batch_size=1 << 20,
-            request_timeout_ms=int(self.timeout_s * 1000),
-        )
-        await self._producer.start()
+        await self._ensure_producer()
+        self._task = asyncio.create_task(self._commit_loop(), name="kafka-log-writer")
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._discard_producer()
 
     def healthy(self) -> bool:
-        return self._producer is not None and self._last_error is None
+        return self._task is not None and self._last_error is None
 
     async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
-        producer = self._producer
-        if producer is None:
+        if self._task is None:
             raise LogUnavailable("Kafka producer is not started")
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                futures = [await producer.send(self.topic, value, key=key) for key, value in records]
-                await asyncio.gather(*futures)
-        except (KafkaError, TimeoutError) as exc:
-            self._last_error = repr(exc)
-            raise LogUnavailable(f"Kafka did not acknowledge within {self.timeout_s}s: {exc!r}") from exc
-        self._last_error = None
+        if self._last_error is not None and time.monotonic() - self._failed_at < RETRY_COOLDOWN_S:
+            raise LogUnavailable(f"Kafka unavailable: {self._last_error}")
+        if self._pending_records + len(records) > self.max_pending_records:
+            raise LogUnavailable("too many events waiting for Kafka")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((records, future))
+        self._pending_records += len(records)
+        self._wakeup.set()
+        await future
+
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                acks="all",
+                enable_idempotence=True,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=max(10_000, int(self.timeout_s * 4000)),
+                linger_ms=2,
+                max_batch_size=1 << 20,
+                request_timeout_ms=max(1000, int(self.timeout_s * 1000)),
+            )
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(producer.stop(), 2)
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _discard_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(producer.stop(), 2)
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._pending = self._pending, []
+            self._pending_records = 0
+            if not batch:
+                continue
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    producer = await self._ensure_producer()
+                    await producer.begin_transaction()
+                    futures = []
+                    for records, _ in batch:
+                        for key, value in records:
+                            futures.append(await producer.send(self.topic, value, key=key))
+                    await asyncio.gather(*futures)
+                    await producer.commit_transaction()
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(LogUnavailable("ingest is shutting down"))
+                raise
+            except Exception as exc:
+                self._last_error = repr(exc)[:300]
+                self._failed_at = time.monotonic()
+                log.warning("Kafka transaction failed; answering 503", extra={"error": self._last_error})
+                # A new producer with the same transactional id fences and aborts this one.
+                await self._discard_producer()
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(LogUnavailable(f"Kafka did not commit within {self.timeout_s}s: {exc!r}"))
+                continue
+            self._last_error = None
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
 
 
 class KafkaLogReader:
