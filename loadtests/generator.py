@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 # (type, name, path): the shop's funnel, web and app flavours.
@@ -92,9 +93,9 @@ class Traffic:
 
 
 def iso(ms: int) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def touchpoint_label(event_type: str, name: str, path: str) -> str:
@@ -158,13 +159,27 @@ def _session(
             break
         ts += int(rng.uniform(5_000, 90_000))
         if login_at_step == i and user_id:
-            events.append({"event_id": person.event_id(), "type": "identify", "anonymous_id": anon,
-                           "user_id": user_id, "timestamp": iso(ts), "channel": channel,
-                           "properties": {"plan": rng.choice(["basic", "gold"])}, "context": context})
+            events.append(
+                {
+                    "event_id": person.event_id(),
+                    "type": "identify",
+                    "anonymous_id": anon,
+                    "user_id": user_id,
+                    "timestamp": iso(ts),
+                    "channel": channel,
+                    "properties": {"plan": rng.choice(["basic", "gold"])},
+                    "context": context,
+                }
+            )
             ts += 1000
         event: dict[str, Any] = {
-            "event_id": person.event_id(), "type": etype, "name": name, "anonymous_id": anon,
-            "timestamp": iso(ts), "channel": channel, "context": dict(context),
+            "event_id": person.event_id(),
+            "type": etype,
+            "name": name,
+            "anonymous_id": anon,
+            "timestamp": iso(ts),
+            "channel": channel,
+            "context": dict(context),
         }
         if user_id and login_at_step is not None and i >= login_at_step:
             event["user_id"] = user_id
@@ -174,8 +189,11 @@ def _session(
         event["timing"] = {"response_ms": response}
         error = rng.random() < (0.04 if name in ("Search", "Checkout") else 0.01)
         if error:
-            event["error"] = {"kind": "crash" if channel == "app" else "js", "message": f"{name} failed",
-                              "fatal": False}
+            event["error"] = {
+                "kind": "crash" if channel == "app" else "js",
+                "message": f"{name} failed",
+                "fatal": False,
+            }
         events.append(event)
         last = touchpoint_label(etype, name, path)
         if name == GOAL:
@@ -217,15 +235,22 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
             sessions = [(primary, ev)]
             last_channel = primary
         truth = Truth(
-            person_id=user_id or anon, user_id=user_id, devices=devices, converted=converted,
-            converted_channel=last_channel if converted else None, last_touchpoint=last,
-            last_channel=last_channel, recovered_cross_channel=recovered,
+            person_id=user_id or anon,
+            user_id=user_id,
+            devices=devices,
+            converted=converted,
+            converted_channel=last_channel if converted else None,
+            last_touchpoint=last,
+            last_channel=last_channel,
+            recovered_cross_channel=recovered,
         )
         for channel, events in sessions:
             truth.event_ids += [e["event_id"] for e in events]
             batches += _batches(rng, channel, events)
         truths.append(truth)
-    extra = [Batch(b.events, b.arrival_ms + 5_000, b.clock_skew_ms, True) for b in batches if rng.random() < duplicate_rate]
+    extra = [
+        Batch(b.events, b.arrival_ms + 5_000, b.clock_skew_ms, True) for b in batches if rng.random() < duplicate_rate
+    ]
     batches += extra
     batches.sort(key=lambda b: b.arrival_ms)
     return Traffic(batches, truths)
@@ -261,10 +286,17 @@ def beacon_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
     out = []
     for i in range(count):
         step = WEB_STEPS[i % 6]
-        out.append({
-            "type": step[0], "name": step[1], "anonymous_id": f"bench-{rng.randrange(1_000_000)}",
-            "context": {"page": {"path": step[2], "url": f"https://shop.example{step[2]}"},
-                        "user_agent": USER_AGENTS["web"], "network": {"effective_type": "4g"}},
-            "timing": {"response_ms": round(rng.uniform(100, 3000), 1)},
-        })
+        out.append(
+            {
+                "type": step[0],
+                "name": step[1],
+                "anonymous_id": f"bench-{rng.randrange(1_000_000)}",
+                "context": {
+                    "page": {"path": step[2], "url": f"https://shop.example{step[2]}"},
+                    "user_agent": USER_AGENTS["web"],
+                    "network": {"effective_type": "4g"},
+                },
+                "timing": {"response_ms": round(rng.uniform(100, 3000), 1)},
+            }
+        )
     return out

@@ -19,7 +19,8 @@ class SendResult:
     """Which batches got which answer; latencies in seconds."""
 
     accepted_ids: set[str] = field(default_factory=set)
-    refused_ids: set[str] = field(default_factory=set)
+    refused_ids: set[str] = field(default_factory=set)  # answered 4xx/503, or never connected
+    unknown_ids: set[str] = field(default_factory=set)  # the connection broke mid-request: outcome unknown
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -53,14 +54,23 @@ async def send(
             while True:
                 t = time.perf_counter()
                 try:
-                    r = await client.post(f"{url}/v1/batch", content=body,
-                                          headers={"X-Write-Key": write_key, "Content-Type": "application/json"})
+                    r = await client.post(
+                        f"{url}/v1/batch",
+                        content=body,
+                        headers={"X-Write-Key": write_key, "Content-Type": "application/json"},
+                    )
                     status = r.status_code
+                except httpx.ConnectError:
+                    status = -1  # never reached the server: certainly not stored
                 except httpx.HTTPError:
                     status = 0
                 result.latencies.append(time.perf_counter() - t)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
-                if status in (503, 0) and retry_503 and (deadline_s is None or time.monotonic() - started < deadline_s):
+                if (
+                    status in (503, 0, -1)
+                    and retry_503
+                    and (deadline_s is None or time.monotonic() - started < deadline_s)
+                ):
                     await asyncio.sleep(0.2)
                     continue
                 break
@@ -69,6 +79,9 @@ async def send(
                 refused = {batch.events[r["index"]].get("event_id") for r in r.json()["rejected"]}
                 result.accepted_ids |= ids - refused
                 result.refused_ids |= refused - {None}
+            elif status == 0:
+                result.errors += 1
+                result.unknown_ids |= ids
             else:
                 result.errors += 1
                 result.refused_ids |= ids
@@ -78,8 +91,12 @@ async def send(
         while True:
             await asyncio.sleep(1)
             elapsed = time.monotonic() - started
-            print(f"  sent {done}/{len(batches)} batches ({done / max(elapsed, 1e-9):.0f}/s), "
-                  f"statuses {dict(sorted(result.statuses.items()))}", file=sys.stderr, flush=True)
+            print(
+                f"  sent {done}/{len(batches)} batches ({done / max(elapsed, 1e-9):.0f}/s), "
+                f"statuses {dict(sorted(result.statuses.items()))}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
@@ -97,7 +114,8 @@ async def send(
         if reporter:
             reporter.cancel()
     result.elapsed_s = time.monotonic() - started
-    result.accepted_ids -= result.refused_ids & result.accepted_ids if False else set()
+    result.refused_ids -= result.accepted_ids  # a retried copy got its 200: the event must be stored
+    result.unknown_ids -= result.accepted_ids
     return result
 
 

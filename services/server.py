@@ -65,6 +65,15 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
             {"status": "ok" if ok else "unavailable", "components": states}, status_code=200 if ok else 503
         )
 
+    @app.get("/v1/status", tags=["operations"], summary="Where is my data: consumer lag, last write, errors")
+    async def status() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, component in components:
+            describe = getattr(component, "status", None)
+            if callable(describe):
+                out[name] = describe()
+        return out
+
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

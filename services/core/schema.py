@@ -111,7 +111,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )
             ENGINE = ReplacingMergeTree(inserted_at)
             PARTITION BY toYYYYMM(timestamp)
-            ORDER BY (project, anonymous_id, timestamp, event_id)
+            ORDER BY (project, anonymous_id, event_id)
             SETTINGS non_replicated_deduplication_window = 10000
             """,
             f"""

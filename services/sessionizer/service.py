@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from services.core.eventlog import LogReader
 from services.core.settings import Settings
@@ -48,5 +50,17 @@ class Sessionizer:
             self._task = None
         await self.reader.stop()
 
+    def status(self) -> dict[str, Any]:
+        state = self.pipeline.state
+        return {
+            "consumer_lag": self.reader.lag(),
+            "events_written": state.events_written,
+            "last_write_at": state.last_write_at,
+            "seconds_since_last_write": None if state.last_write_at is None else time.time() - state.last_write_at,
+            "last_error": state.last_error,
+        }
+
     def ready(self) -> bool:
-        return self._task is not None and not self._task.done() and self.pipeline.state.last_write_ok
+        """Alive and consuming. ClickHouse errors show in /v1/status and metrics, not here:
+        events are still accepted durably while the warehouse recovers."""
+        return self._task is not None and not self._task.done()

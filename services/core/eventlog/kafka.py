@@ -177,7 +177,7 @@ class KafkaLogReader:
         self.topic = topic
         self.group = group
         self._consumer: AIOKafkaConsumer | None = None
-        self._next: dict[int, int] = {}
+        self._lag: int | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -197,17 +197,25 @@ class KafkaLogReader:
             self._consumer = None
 
     def lag(self) -> int | None:
-        """Records on assigned partitions not yet read by this consumer."""
+        """Records on assigned partitions not yet read, as of the last poll.
+
+        Measured from the consumer's position, which steps over transaction
+        markers, so a fully read topic shows 0.
+        """
+        return self._lag
+
+    async def _measure_lag(self) -> None:
         consumer = self._consumer
         if consumer is None:
-            return None
+            return
         total = 0
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            if highwater is None or tp.partition not in self._next:
-                continue
-            total += max(0, highwater - self._next[tp.partition])
-        return total
+            if highwater is None:
+                self._lag = None
+                return
+            total += max(0, highwater - await consumer.position(tp))
+        self._lag = total
 
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         assert self._consumer is not None
@@ -216,8 +224,7 @@ class KafkaLogReader:
         for tp, messages in batches.items():
             for m in messages:
                 out.append(LogRecord(tp.partition, m.offset, m.offset + 1, m.key or b"", m.value or b""))
-            if messages:
-                self._next[tp.partition] = messages[-1].offset + 1
+        await self._measure_lag()
         return out
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
