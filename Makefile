@@ -32,7 +32,7 @@ kafka-down: install
 	@$(BIN)/python -m services.testing.kafka_broker down
 
 lint: install
-	@echo "==> ruff"; $(BIN)/ruff check services tests
+	@echo "==> ruff"; $(BIN)/ruff check services tests loadtests
 	@echo "==> mypy --strict"; $(BIN)/mypy
 
 test: lint kafka-fetch

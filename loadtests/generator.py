@@ -41,8 +41,10 @@ BASE_CONTINUE = (0.85, 0.75, 0.7, 0.8, 0.75, 0.85)
 SLOW_MS = 2000.0
 
 USER_AGENTS = {
-    "web": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
-    "mobile_web": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148 Safari/604.1",
+    "web": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0 Safari/537.36",
+    "mobile_web": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "Mobile/15E148 Safari/604.1",
 }
 NETWORKS = ("wifi", "4g", "3g")
 
