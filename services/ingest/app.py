@@ -20,6 +20,7 @@ from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms,
 from services.core.settings import Projects, Settings
 
 from .body import BodyError, decompress, parse_json, read_limited
+from .openapi import BATCH_OPENAPI
 
 log = logging.getLogger("touchpoint.ingest")
 
@@ -32,6 +33,7 @@ APPEND_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRY_AFTER_SECONDS = 5
+UNSTORABLE = "holds a value that cannot be stored (an integer beyond 64 bits, or invalid text)"
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -43,6 +45,15 @@ def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> R
     return _json(status, {"error": detail}, headers)
 
 
+def safe_payload(raw: Any) -> Any:
+    """The rejected event as sent, or its repr when it cannot be serialised as JSON."""
+    try:
+        orjson.dumps(raw)
+    except orjson.JSONEncodeError:
+        return repr(raw)[:65536]
+    return raw
+
+
 class Ingest:
     """The collector: validates batches and appends them to the event log."""
 
@@ -52,7 +63,12 @@ class Ingest:
         self.writer = writer
         self.router = APIRouter()
         self.router.add_api_route(
-            "/v1/batch", self.batch, methods=["POST"], tags=["ingest"], summary="Send a batch of events"
+            "/v1/batch",
+            self.batch,
+            methods=["POST"],
+            tags=["ingest"],
+            summary="Send a batch of events",
+            openapi_extra=BATCH_OPENAPI,
         )
 
     async def start(self) -> None:
@@ -106,13 +122,18 @@ class Ingest:
                     ip=ip,
                     anonymize=project.anonymize_ip,
                 )
-            except InvalidEvent as exc:
-                rejected.append({"index": index, "error": str(exc)})
-                REJECTED.labels(exc.field).inc()
-                dead = rejected_record(project.id, index, str(exc), raw_event, received)
-                records.append((project.id.encode(), orjson.dumps(dead)))
+                value = orjson.dumps(record)
+            except orjson.JSONEncodeError:
+                problem = InvalidEvent("event", UNSTORABLE)
+            except InvalidEvent as invalid:
+                problem = invalid
+            else:
+                records.append((partition_key(record), value))
                 continue
-            records.append((partition_key(record), orjson.dumps(record)))
+            rejected.append({"index": index, "error": str(problem)})
+            REJECTED.labels(problem.field).inc()
+            dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
+            records.append((project.id.encode(), orjson.dumps(dead)))
 
         started = time.perf_counter()
         try:
