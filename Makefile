@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean
+.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean bench soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Touchpoint needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -41,3 +41,10 @@ test: lint kafka-fetch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Not part of `make test`: starts Kafka and chDB, drives load with wrk, prints a table and a JSON line.
+bench: kafka-fetch
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ echo "==> installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; } || \
+		{ echo "make bench needs wrk: apt-get install wrk"; exit 2; }
+	@$(BIN)/python -m loadtests.bench

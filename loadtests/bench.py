@@ -1,0 +1,419 @@
+"""``make bench``: Touchpoint's throughput and latency, beside references measured in the same run.
+
+Starts what it needs (a real Kafka broker, chDB), drives real HTTP load with wrk,
+and prints a table and one final JSON line. References in the same run: Kafka's
+own ProducerPerformance on the same broker and record size; raw clickhouse-connect
+inserts and queries of the same rows on chDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from loadtests.generator import beacon_events, generate
+from loadtests.sender import percentile
+from services.core.events import normalize, now_ms
+from services.core.schema import EVENT_COLUMNS
+from services.sessionizer.rows import event_row
+from services.testing import kafka_broker
+from tests.harness import API_KEY, WRITE_KEY, Proc, new_proc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
+def wrk(url: str, body: bytes, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
+    """POST the same body for ``seconds``; requests/s and latency percentiles from wrk."""
+    body_file = workdir / f"body-{len(body)}.json"
+    body_file.write_bytes(body)
+    script = workdir / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["X-Write-Key"] = "{WRITE_KEY}"\n'
+        f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("STATS %d %d %d %f %f %f\\n", summary.requests, summary.errors.status,\n'
+        "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
+        "    latency:percentile(50), latency:percentile(99), summary.duration))\n"
+        "end\n"
+    )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            f"{url}/v1/batch",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"STATS (\d+) (\d+) (\d+) (\S+) (\S+) (\S+)", out)
+    assert m, out
+    requests, bad_status, socket_errors = int(m[1]), int(m[2]), int(m[3])
+    duration_s = float(m[6]) / 1e6
+    return {
+        "requests_per_s": round(requests / duration_s, 1),
+        "p50_ms": round(float(m[4]) / 1000, 2),
+        "p99_ms": round(float(m[5]) / 1000, 2),
+        "non_2xx": bad_status,
+        "socket_errors": socket_errors,
+        "requests": requests,
+    }
+
+
+def kafka_reference(broker: kafka_broker.Broker, record_size: int, records: int) -> dict[str, float]:
+    """Kafka's own producer perf test, acks=all with idempotence, against the same broker."""
+    topic = f"bench.ref.{int(time.time())}"
+    subprocess.run(
+        kafka_broker._java_cmd(
+            broker.workdir,
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            broker.bootstrap,
+            "--create",
+            "--topic",
+            topic,
+            "--partitions",
+            "6",
+        ),
+        capture_output=True,
+        check=True,
+    )
+    out = subprocess.run(
+        kafka_broker._java_cmd(
+            broker.workdir,
+            "org.apache.kafka.tools.ProducerPerformance",
+            "--topic",
+            topic,
+            "--num-records",
+            str(records),
+            "--record-size",
+            str(record_size),
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={broker.bootstrap}",
+            "acks=all",
+            "enable.idempotence=true",
+            "linger.ms=5",
+            "batch.size=1048576",
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    last = [line for line in out.splitlines() if "records sent" in line][-1]
+    rate = float(re.search(r"([\d.]+) records/sec", last)[1])  # type: ignore[index]
+    p99 = float(re.search(r"(\d+) ms 99th", last)[1])  # type: ignore[index]
+    return {"records_per_s": round(rate, 1), "p99_ms": p99, "record_size": record_size, "records": records}
+
+
+def metric(proc: Proc, name: str) -> float:
+    text = httpx.get(f"{proc.url}/metrics", timeout=10).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m[1]) if m else 0.0
+
+
+def sessionizer_run(data: Path, env: dict[str, str], expected: int) -> dict[str, float]:
+    """Consume a filled topic from the start with a new group; events/s until all are written."""
+    proc = new_proc("sessionizer", data, TOUCHPOINT_BATCH_MAX_SECONDS="1", **env)
+    started = time.monotonic()
+    proc.start()
+    first_write: float | None = None
+    while True:
+        written = metric(proc, "touchpoint_sessionizer_events_written_total")
+        if written > 0 and first_write is None:
+            first_write = time.monotonic()
+        if written >= expected:
+            break
+        if time.monotonic() - started > 600:
+            raise RuntimeError(f"sessionizer wrote {written} of {expected} in 600 s")
+        say(f"  sessionizer: {written:.0f}/{expected} events written")
+        time.sleep(2)
+    elapsed = time.monotonic() - started
+    rss = peak_rss_mb(proc.proc.pid)  # type: ignore[union-attr]
+    proc.stop()
+    return {
+        "events_per_s": round(expected / elapsed, 1),
+        "events": expected,
+        "elapsed_s": round(elapsed, 2),
+        "peak_rss_mb": rss,
+    }
+
+
+def clickhouse_reference(rows: list[list[Any]], workdir: Path, batch: int) -> dict[str, float]:
+    """Raw clickhouse-connect inserts of the same rows (same schema), and a point query."""
+    from services.core.warehouse import Warehouse
+
+    wh = Warehouse(f"chdb://{workdir / 'ref-clickhouse'}", "bench-reference")
+    wh.migrate()
+    started = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        wh.insert("events", rows[i : i + batch], EVENT_COLUMNS)
+    insert_s = time.perf_counter() - started
+    anon = [r[4] for r in random.Random(1).sample(rows, 50)]
+    times = []
+    for a in anon:
+        t = time.perf_counter()
+        wh.rows(
+            "SELECT * FROM events WHERE project = {p:String} AND anonymous_id = {a:String} "
+            "ORDER BY timestamp LIMIT 1 BY event_id",
+            {"p": "shop", "a": a},
+        )
+        times.append(time.perf_counter() - t)
+    return {
+        "rows_per_s": round(len(rows) / insert_s, 1),
+        "rows": len(rows),
+        "point_query_p50_ms": round(statistics.median(times) * 1000, 2),
+    }
+
+
+async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_rate: float) -> dict[str, float]:
+    """200 at ingest → visible in /v1/journeys, for probe events sent under background load."""
+    now = now_ms()
+    traffic = generate(99, 100_000, now - 20 * 3600_000, now).batches
+    lags: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        stop = time.monotonic() + seconds
+
+        async def background() -> None:
+            i = 0
+            while time.monotonic() < stop and i < len(traffic):
+                body = orjson.dumps(traffic[i].body(now_ms()))
+                i += 1
+                await client.post(f"{proc.url}/v1/batch", content=body, headers={"X-Write-Key": WRITE_KEY})
+                await asyncio.sleep(1 / background_rate)
+
+        async def probe(n: int) -> None:
+            anon = f"probe-{n}-{time.time_ns()}"
+            r = await client.post(
+                f"{proc.url}/v1/batch",
+                json={"events": [{"type": "page", "anonymous_id": anon}]},
+                headers={"X-Write-Key": WRITE_KEY},
+            )
+            acked = time.monotonic()
+            assert r.status_code == 200, r.text
+            while time.monotonic() - acked < 60:
+                q = await client.get(f"{proc.url}/v1/journeys/{anon}", headers={"Authorization": f"Bearer {API_KEY}"})
+                if q.status_code == 200:
+                    lags.append(time.monotonic() - acked)
+                    return
+                await asyncio.sleep(0.05)
+
+        tasks = [asyncio.create_task(background()) for _ in range(4)]
+        probes = []
+        n = 0
+        while time.monotonic() < stop:
+            probes.append(asyncio.create_task(probe(n)))
+            n += 1
+            await asyncio.sleep(1 / probes_per_s)
+        await asyncio.gather(*tasks, *probes)
+    return {"p50_s": round(percentile(lags, 50), 3), "p99_s": round(percentile(lags, 99), 3), "probes": len(lags)}
+
+
+async def query_latency(proc: Proc, ids: list[str]) -> dict[str, float]:
+    times = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for identifier in ids:
+            t = time.perf_counter()
+            r = await client.get(f"{proc.url}/v1/journeys/{identifier}", headers={"Authorization": f"Bearer {API_KEY}"})
+            times.append(time.perf_counter() - t)
+            assert r.status_code in (200, 404)
+    return {
+        "journey_p50_ms": round(percentile(times, 50) * 1000, 2),
+        "journey_p99_ms": round(percentile(times, 99) * 1000, 2),
+        "queries": len(times),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        say("wrk is missing: install it (Debian: apt-get install wrk) and run again")
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="touchpoint-bench-"))
+    results: dict[str, Any] = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "command": "make bench",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    batch50 = orjson.dumps({"events": beacon_events(50)})
+    single = orjson.dumps({"events": beacon_events(1)})
+    sample = normalize(beacon_events(1)[0], project="shop", received_ms=now_ms(), sent_at_ms=None, ip="203.0.113.9")
+    record_size = len(orjson.dumps(sample))
+
+    say("starting the Kafka broker")
+    broker = kafka_broker.start()
+    procs: list[Proc] = []
+    try:
+        say("reference: Kafka ProducerPerformance (acks=all, idempotent)")
+        results["kafka_producer_perf"] = kafka_reference(broker, record_size, 1_000_000)
+        say(f"  {results['kafka_producer_perf']}")
+
+        topic_env = {
+            "TOUCHPOINT_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "TOUCHPOINT_KAFKA_TOPIC": "bench.events",
+            "TOUCHPOINT_KAFKA_PARTITIONS": "6",
+            "TOUCHPOINT_KAFKA_GROUP": "bench-sessionizer",
+        }
+        ingest = new_proc("ingest", workdir / "ingest", **topic_env).start()
+        procs.append(ingest)
+        say(f"ingest on Kafka: batches of 50 events, wrk -c {args.connections} for {args.seconds}s")
+        b50 = wrk(ingest.url, batch50, args.seconds, args.connections, workdir)
+        b50["events_per_s"] = round(b50["requests_per_s"] * 50, 1)
+        say(f"  {b50}")
+        say("ingest on Kafka: single-event beacons")
+        b1 = wrk(ingest.url, single, args.seconds, args.connections, workdir)
+        say(f"  {b1}")
+        results["ingest_kafka"] = {"batch50": b50, "single": b1, "peak_rss_mb": peak_rss_mb(ingest.proc.pid)}  # type: ignore[union-attr]
+        accepted = int(metric(ingest, "touchpoint_ingest_events_accepted_total"))
+        ingest.stop()
+        procs.remove(ingest)
+
+        say(f"sessionizer: Kafka → chDB, {accepted} events from the start of the topic")
+        results["sessionizer"] = sessionizer_run(workdir / "ingest", topic_env, accepted)
+        say(f"  {results['sessionizer']}")
+
+        say("reference: raw clickhouse-connect inserts of the same rows (chDB)")
+        n_rows = min(accepted, 500_000)
+        base = beacon_events(1000)
+        rows = [
+            event_row(
+                normalize(
+                    {**base[i % 1000], "anonymous_id": f"ref-{i % 20000}"},
+                    project="shop",
+                    received_ms=now_ms(),
+                    sent_at_ms=None,
+                    ip="203.0.113.9",
+                )
+            )
+            for i in range(n_rows)
+        ]
+        results["clickhouse_reference"] = clickhouse_reference(rows, workdir, 20_000)
+        say(f"  {results['clickhouse_reference']}")
+
+        say("embedded mode (touchpoint up, no Kafka): batches of 50")
+        embedded = new_proc("up", workdir / "embedded").start()
+        procs.append(embedded)
+        e50 = wrk(embedded.url, batch50, args.seconds, args.connections, workdir)
+        e50["events_per_s"] = round(e50["requests_per_s"] * 50, 1)
+        results["ingest_embedded"] = {"batch50": e50, "peak_rss_mb": peak_rss_mb(embedded.proc.pid)}  # type: ignore[union-attr]
+        say(f"  {e50}")
+        embedded.stop()
+        procs.remove(embedded)
+
+        say("freshness and queries: touchpoint up on Kafka under steady load")
+        fresh_env = {**topic_env, "TOUCHPOINT_KAFKA_TOPIC": "bench.fresh", "TOUCHPOINT_KAFKA_GROUP": "bench-fresh"}
+        up = new_proc("up", workdir / "fresh", **fresh_env).start()
+        procs.append(up)
+        results["freshness"] = asyncio.run(freshness(up, 20, probes_per_s=5, background_rate=50))
+        say(f"  {results['freshness']}")
+        now = now_ms()
+        ids = [t.person_id for t in generate(99, 2000, now - 20 * 3600_000, now).truths[:200]]
+        results["queries"] = asyncio.run(query_latency(up, ids))
+        results["queries"]["up_peak_rss_mb"] = peak_rss_mb(up.proc.pid)  # type: ignore[union-attr]
+        say(f"  {results['queries']}")
+        up.stop()
+        procs.remove(up)
+        results["kafka_broker_peak_rss_mb"] = peak_rss_mb(broker.pid)
+    finally:
+        for proc in procs:
+            proc.stop()
+        broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ref = results["kafka_producer_perf"]["records_per_s"]
+    results["ratios"] = {
+        "ingest_batch50_vs_kafka_perf": round(results["ingest_kafka"]["batch50"]["events_per_s"] / ref, 3),
+        "ingest_single_vs_kafka_perf": round(results["ingest_kafka"]["single"]["requests_per_s"] / ref, 3),
+        "sessionizer_vs_raw_insert": round(
+            results["sessionizer"]["events_per_s"] / results["clickhouse_reference"]["rows_per_s"], 3
+        ),
+    }
+    print_table(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    print(orjson.dumps(results).decode())
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    k, ik, s, c = r["kafka_producer_perf"], r["ingest_kafka"], r["sessionizer"], r["clickhouse_reference"]
+    rows = [
+        ("Kafka ProducerPerformance (reference)", f"{k['records_per_s']:,.0f} records/s", f"p99 {k['p99_ms']} ms"),
+        (
+            "ingest → Kafka, batches of 50",
+            f"{ik['batch50']['events_per_s']:,.0f} events/s",
+            f"p50 {ik['batch50']['p50_ms']} ms, p99 {ik['batch50']['p99_ms']} ms",
+        ),
+        (
+            "ingest → Kafka, single-event beacons",
+            f"{ik['single']['requests_per_s']:,.0f} requests/s",
+            f"p50 {ik['single']['p50_ms']} ms, p99 {ik['single']['p99_ms']} ms",
+        ),
+        (
+            "ingest → embedded log, batches of 50",
+            f"{r['ingest_embedded']['batch50']['events_per_s']:,.0f} events/s",
+            f"p50 {r['ingest_embedded']['batch50']['p50_ms']} ms, p99 {r['ingest_embedded']['batch50']['p99_ms']} ms",
+        ),
+        ("sessionizer Kafka → chDB", f"{s['events_per_s']:,.0f} events/s", f"peak RSS {s['peak_rss_mb']} MB"),
+        (
+            "raw clickhouse-connect insert (reference)",
+            f"{c['rows_per_s']:,.0f} rows/s",
+            f"point query p50 {c['point_query_p50_ms']} ms",
+        ),
+        ("freshness 200 → visible in journeys", f"p50 {r['freshness']['p50_s']} s", f"p99 {r['freshness']['p99_s']} s"),
+        ("GET /v1/journeys", f"p50 {r['queries']['journey_p50_ms']} ms", f"p99 {r['queries']['journey_p99_ms']} ms"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    print()
+    for a, b, c2 in rows:
+        print(f"{a:<{width}}  {b:>22}  {c2}")
+    print(f"\nratios: {r['ratios']}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
