@@ -227,7 +227,7 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
             web_anon = f"d{seed}-{index}-web"
             devices = [app_anon, web_anon]
             ev1, _, _ = _session(person, app_anon, user_id, "app", t0, network, login_at_step=0, stop_before=5)
-            ev2, converted, last = _session(person, web_anon, user_id, "web", t0 + 3600_000, "wifi", login_at_step=4)
+            ev2, converted, last = _session(person, web_anon, user_id, "web", t0 + 3600_000, "wifi", login_at_step=0)
             sessions = [("app", ev1), ("web", ev2)]
             recovered = converted
             last_channel = "web"
@@ -236,8 +236,11 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
             ev, converted, last = _session(person, anon, user_id, primary, t0, network, login)
             sessions = [(primary, ev)]
             last_channel = primary
+        linked = user_id is not None and any(e.get("user_id") for _, evs in sessions for e in evs)
+        if not linked:
+            user_id = None  # they left before logging in: an anonymous person
         truth = Truth(
-            person_id=user_id or anon,
+            person_id=user_id or devices[0],
             user_id=user_id,
             devices=devices,
             converted=converted,

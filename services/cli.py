@@ -79,10 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
         "command",
-        choices=["up", "ingest", "sessionizer", "api"],
-        help="up: everything in one process; or one service (ingest, sessionizer, api) against Kafka",
+        choices=["up", "ingest", "sessionizer", "api", "demo"],
+        help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
+        "demo: fill the data directory with a day of generated traffic and print an abandonment report",
     )
+    parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
+    parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from services.demo import main as demo
+
+        return demo(args.people, args.seed)
     try:
         settings = Settings.from_env()
         logs.configure(settings.log_level)

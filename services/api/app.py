@@ -8,11 +8,14 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from services.core.settings import Projects
+from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
+from .analytics import abandonment, correlations
 from .auth import project_for
 from .journeys import load_journey, ms
+from .models import AbandonmentRequest, CorrelationRequest, TimeRange
+from .steps import step_condition
 
 
 def _time(value: str | None, field: str, default: datetime) -> int:
@@ -33,6 +36,20 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/abandonment",
+            self.abandonment,
+            methods=["POST"],
+            tags=["query"],
+            summary="Where journeys that miss the goal stop, and what they met there",
+        )
+        self.router.add_api_route(
+            "/v1/correlations",
+            self.correlations,
+            methods=["POST"],
+            tags=["query"],
+            summary="How a timing or error metric relates to conversion",
+        )
         self.router.add_api_route(
             "/v1/journeys/{identifier}",
             self.journey,
@@ -71,3 +88,108 @@ class QueryApi:
         if journey is None:
             raise HTTPException(404, f"identifier: no events for {identifier!r} between from and to")
         return journey
+
+    def _range(self, body: TimeRange) -> tuple[int, int]:
+        now = datetime.now(UTC)
+        start = ms(_aware(body.from_) if body.from_ else now - timedelta(days=7))
+        end = ms(_aware(body.to) if body.to else now + timedelta(seconds=1))
+        if start >= end:
+            raise HTTPException(422, "from: must be before to")
+        return start, end
+
+    @staticmethod
+    def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
+        if goal is None:
+            if not project.goals:
+                raise HTTPException(422, "goal: required (the project has no default goals)")
+            goal = project.goals[0]
+        return step_condition(goal, "goal", params, "goal")
+
+    async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
+        """Journeys that miss the goal within the window, by the touchpoint where they stopped."""
+        project = project_for(request, self.projects)
+        start, end = self._range(body)
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        begin = step_condition(body.start, "start", params, "start") if body.start is not None else None
+
+        def run(breakdown: str | None) -> dict[str, Any]:
+            return abandonment(
+                self.warehouse,
+                project.id,
+                start,
+                end,
+                project.session_timeout_minutes,
+                goal,
+                begin,
+                body.window_seconds * 1000,
+                body.scope,
+                breakdown,
+                body.limit,
+                dict(params),
+            )
+
+        overall: dict[str, Any] = (await asyncio.to_thread(run, None)).get("", _empty_abandonment())
+        if body.breakdown:
+            overall["breakdown"] = await asyncio.to_thread(run, body.breakdown)
+        return overall
+
+    async def correlations(self, request: Request, body: CorrelationRequest) -> dict[str, Any]:
+        """Conversion by metric bucket, Spearman's rho and the odds ratio per second (or per error)."""
+        project = project_for(request, self.projects)
+        start, end = self._range(body)
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        visit = step_condition(body.touchpoint, "tp", params, "touchpoint") if body.touchpoint is not None else None
+        edges = body.buckets if body.metric != "errors" else [1.0, 2.0, 3.0]
+
+        def run(breakdown: str | None) -> dict[str, dict[str, Any]]:
+            return correlations(
+                self.warehouse,
+                project.id,
+                start,
+                end,
+                project.session_timeout_minutes,
+                body.metric,
+                goal,
+                visit,
+                body.window_seconds * 1000,
+                breakdown,
+                edges,
+                dict(params),
+            )
+
+        overall = (await asyncio.to_thread(run, None)).get("")
+        out: dict[str, Any] = _correlation_json(overall, body.metric, edges)
+        if body.breakdown:
+            by = await asyncio.to_thread(run, body.breakdown)
+            out["by"] = {k: _correlation_json(v, body.metric, edges) for k, v in by.items()}
+        return out
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _empty_abandonment() -> dict[str, Any]:
+    return {
+        "journeys": 0,
+        "converted": 0,
+        "abandoned": 0,
+        "recovered_cross_channel": 0,
+        "points": [],
+        "converting": {"median_response_ms": None, "error_rate": None, "avg_repeats": None},
+        "conversion_rate": None,
+        "conversion_rate_ci95": None,
+    }
+
+
+def _correlation_json(summary: dict[str, Any] | None, metric: str, edges: list[float]) -> dict[str, Any]:
+    from .analytics import summarize
+
+    summary = summary or summarize([], edges, 1.0)
+    fit = summary.pop("odds_ratio_per_unit")
+    key = "odds_ratio_per_error" if metric == "errors" else "odds_ratio_per_second"
+    summary[key] = fit["odds_ratio"] if fit else None
+    summary[f"{key}_ci95"] = fit["ci95"] if fit else None
+    return summary

@@ -1,0 +1,271 @@
+"""Abandonment and correlation queries: one SQL statement each, every user value bound.
+
+Shared building blocks: ``base_sql`` gives each event its person (the stitching
+rules of services.core.identity, expressed in SQL) and its session (per device,
+closed after the project's inactivity timeout); ``units_sql`` gathers each
+journey's (or session's) events into one time-ordered array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.core.identity import PLACEHOLDER_IDS
+from services.core.warehouse import Warehouse
+
+from .stats import MIN_OBSERVATIONS, logistic_odds_ratio, spearman, wilson
+
+BREAKDOWNS = ("channel", "browser", "os", "device_type", "country", "network")
+METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
+
+# Tuple positions inside each unit's event array (1-based, as in SQL).
+TS, LABEL, CHANNEL, METRIC, ERROR, GOAL, MARK, TYPE = range(1, 9)
+
+
+def base_sql(params: dict[str, Any], project: str, start_ms: int, end_ms: int, timeout_minutes: int) -> str:
+    params.update(
+        project=project,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        timeout_ms=timeout_minutes * 60_000,
+        placeholders=sorted(PLACEHOLDER_IDS),
+    )
+    return """
+    links AS (
+        SELECT anonymous_id, arraySort(x -> x, groupArray((fs, user_id))) AS owners
+        FROM (
+            SELECT anonymous_id, user_id, toUnixTimestamp64Milli(min(first_seen)) AS fs
+            FROM identity_links WHERE project = {project:String} GROUP BY anonymous_id, user_id
+        ) GROUP BY anonymous_id
+    ),
+    deduped AS (
+        SELECT *, toUnixTimestamp64Milli(timestamp) AS ts,
+               if(anonymous_id = '', concat('user:', user_id), anonymous_id) AS device
+        FROM events FINAL
+        WHERE project = {project:String}
+          AND timestamp >= fromUnixTimestamp64Milli({start_ms:Int64})
+          AND timestamp < fromUnixTimestamp64Milli({end_ms:Int64})
+    ),
+    with_person AS (
+        SELECT e.*,
+            multiIf(
+                e.user_id != '' AND lower(trimBoth(e.user_id)) NOT IN {placeholders:Array(String)}, e.user_id,
+                empty(l.owners), e.device,
+                arrayExists(x -> x.1 <= e.ts, l.owners), arrayLast(x -> x.1 <= e.ts, l.owners).2,
+                l.owners[1].2
+            ) AS person,
+            if(e.ts - lagInFrame(e.ts, 1, toInt64(0)) OVER w > {timeout_ms:Int64}, 1, 0) AS new_session
+        FROM deduped AS e LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
+        WINDOW w AS (PARTITION BY e.device ORDER BY e.ts, e.event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+    ),
+    base AS (
+        SELECT *,
+            concat(device, '#', toString(sum(new_session) OVER (PARTITION BY device ORDER BY ts, event_id
+                   ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))) AS session,
+            if(type = 'page', concat('page ', path), concat(type, ' ', name)) AS label
+        FROM with_person
+    )"""
+
+
+def metric_expr(metric: str) -> str:
+    """The metric of one event; -1 when the event has none."""
+    if metric == "errors":
+        return "toFloat64(error_kind != '')"
+    return f"ifNull({metric}, -1.0)"
+
+
+def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown: str | None) -> str:
+    unit = "person" if scope == "journey" else "session"
+    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+    return f"""
+    units AS (
+        SELECT {unit} AS unit, {dim} AS dim,
+            arraySort(x -> (x.1, x.2), groupArray((ts, label, channel, {metric_expr(metric)}, error_kind != '',
+                                                  {goal_cond}, {mark_cond}, toString(type)))) AS evs
+        FROM base GROUP BY unit
+    )"""
+
+
+def abandonment(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    goal_cond: str,
+    start_cond: str | None,
+    window_ms: int,
+    scope: str,
+    breakdown: str | None,
+    limit: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    params.update(window_ms=window_ms, limit=limit)
+    has_start = start_cond is not None
+    sql = f"""
+    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    {units_sql(scope, goal_cond, start_cond or "1", "response_ms", breakdown)},
+    j AS (
+        SELECT unit, dim, evs,
+            {"arrayFirstIndex(x -> x.7, evs)" if has_start else "1"} AS si,
+            evs[si].1 AS start_ts,
+            arrayFilter((x, i) -> i >= si AND x.1 <= start_ts + {{window_ms:Int64}}, evs, arrayEnumerate(evs)) AS win,
+            arrayFirstIndex(x -> x.6, win) AS gi,
+            gi > 0 AS converted,
+            arrayFilter(x -> x.8 != 'identify' AND NOT x.6, if(gi > 0, arraySlice(win, 1, gi - 1), win)) AS before,
+            if(converted, win[gi].3, '') AS goal_channel,
+            (before[-1].2, before[-1].3) AS point
+        FROM units WHERE si > 0
+    )
+    SELECT 'totals' AS kind, dim, '' AS touchpoint, '' AS channel,
+        count() AS n, countIf(converted) AS converted_n,
+        countIf(converted AND arrayExists(x -> x.3 != goal_channel, before)) AS recovered,
+        quantileExactArrayIf(0.5)(arrayMap(x -> x.4, arrayFilter(x -> x.4 >= 0, before)), converted) AS median_ms,
+        avgIf(arrayExists(x -> x.5, before), converted) AS error_rate,
+        avgIf(length(before) / greatest(1, length(arrayDistinct(arrayMap(x -> (x.2, x.3), before)))), converted)
+            AS repeats
+    FROM j GROUP BY dim
+    UNION ALL
+    SELECT * FROM (
+        SELECT 'point' AS kind, dim, point.1 AS touchpoint, point.2 AS channel,
+            count() AS n, 0 AS converted_n, 0 AS recovered,
+            quantileExactArray(0.5)(arrayMap(x -> x.4,
+                arrayFilter(x -> x.2 = point.1 AND x.3 = point.2 AND x.4 >= 0, before))) AS median_ms,
+            avg(arrayExists(x -> x.2 = point.1 AND x.3 = point.2 AND x.5, before)) AS error_rate,
+            avg(arrayCount(x -> x.2 = point.1 AND x.3 = point.2, before)) AS repeats
+        FROM j WHERE NOT converted AND notEmpty(before)
+        GROUP BY dim, touchpoint, channel
+        ORDER BY n DESC, touchpoint, channel
+        LIMIT {{limit:UInt32}} BY dim
+    )
+    """
+    rows = wh.rows(sql, params)
+    by_dim: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        entry = by_dim.setdefault(r["dim"], {"points": []})
+        if r["kind"] == "totals":
+            entry.update(
+                journeys=int(r["n"]),
+                converted=int(r["converted_n"]),
+                abandoned=int(r["n"] - r["converted_n"]),
+                recovered_cross_channel=int(r["recovered"]),
+                converting={
+                    "median_response_ms": _num(r["median_ms"]),
+                    "error_rate": _num(r["error_rate"]),
+                    "avg_repeats": _num(r["repeats"]),
+                },
+            )
+        else:
+            entry["points"].append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for dim, entry in by_dim.items():
+        abandoned = entry.get("abandoned", 0)
+        entry["points"] = [
+            {
+                "touchpoint": p["touchpoint"],
+                "channel": p["channel"],
+                "abandoned": int(p["n"]),
+                "share": p["n"] / abandoned if abandoned else None,
+                "share_ci95": wilson(int(p["n"]), abandoned),
+                "median_response_ms": _num(p["median_ms"]),
+                "error_rate": _num(p["error_rate"]),
+                "avg_repeats": _num(p["repeats"]),
+            }
+            for p in sorted(entry["points"], key=lambda p: (-p["n"], p["touchpoint"], p["channel"]))
+        ]
+        entry.setdefault("journeys", 0)
+        entry["conversion_rate"] = entry["converted"] / entry["journeys"] if entry.get("journeys") else None
+        entry["conversion_rate_ci95"] = wilson(entry.get("converted", 0), entry["journeys"])
+        out[dim] = entry
+    return out
+
+
+def correlations(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    metric: str,
+    goal_cond: str,
+    touchpoint_cond: str | None,
+    window_ms: int,
+    breakdown: str | None,
+    edges: list[float],
+    params: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Observations: each visit to the touchpoint, or each session; outcome: goal within the window after it."""
+    params.update(window_ms=window_ms)
+    if touchpoint_cond is not None:
+        observations = """
+        obs AS (
+            SELECT dim, v.4 AS metric,
+                arrayExists(g -> g.6 AND g.1 >= v.1 AND g.1 <= v.1 + {window_ms:Int64}, evs) AS converted
+            FROM units ARRAY JOIN arrayFilter(x -> x.7 AND x.4 >= 0, evs) AS v
+        )"""
+        units = units_sql("journey", goal_cond, touchpoint_cond, metric, breakdown)
+    else:
+        agg = "sumIf" if metric == "errors" else "quantileExactIf(0.5)"
+        dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+        units = f"""
+        sessions AS (
+            SELECT session, any(person) AS person, {dim} AS dim, min(ts) AS started,
+                   {agg}({metric_expr(metric)}, {metric_expr(metric)} >= 0) AS metric,
+                   countIf({metric_expr(metric)} >= 0) AS measured
+            FROM base GROUP BY session
+        ),
+        goals AS (SELECT person, groupArray(ts) AS goal_ts FROM base WHERE {goal_cond} GROUP BY person)"""
+        observations = """
+        obs AS (
+            SELECT s.dim AS dim, s.metric AS metric,
+                arrayExists(t -> t >= s.started AND t <= s.started + {window_ms:Int64}, g.goal_ts) AS converted
+            FROM sessions AS s LEFT JOIN goals AS g ON s.person = g.person
+            WHERE s.measured > 0
+        )"""
+    sql = f"""
+    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    {units},
+    {observations}
+    SELECT dim, round(metric, 1) AS value, toUInt8(converted) AS converted, count() AS n
+    FROM obs GROUP BY dim, value, converted
+    """
+    groups: dict[str, list[tuple[float, int, int]]] = {}
+    for r in wh.rows(sql, params):
+        groups.setdefault(r["dim"], []).append((float(r["value"]), int(r["converted"]), int(r["n"])))
+    scale = 1.0 if metric in ("errors", "cls") else 1000.0
+    return {dim: summarize(g, edges, scale) for dim, g in groups.items()}
+
+
+def summarize(groups: list[tuple[float, int, int]], edges: list[float], scale: float) -> dict[str, Any]:
+    bounds = [0.0, *edges, float("inf")]
+    buckets = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        inside = [(v, y, c) for v, y, c in groups if lo <= v < hi]
+        n = sum(c for _, _, c in inside)
+        converted = sum(c for _, y, c in inside if y)
+        buckets.append(
+            {
+                "range": [lo, None if hi == float("inf") else hi],
+                "observations": n,
+                "converted": converted,
+                "conversion_rate": converted / n if n else None,
+                "ci95": wilson(converted, n),
+                "enough": n >= MIN_OBSERVATIONS,
+            }
+        )
+    total = sum(c for _, _, c in groups)
+    fit = logistic_odds_ratio(groups, scale)
+    return {
+        "observations": total,
+        "buckets": buckets,
+        "spearman": spearman(groups),
+        "odds_ratio_per_unit": fit,
+        "note": None if total >= MIN_OBSERVATIONS else f"fewer than {MIN_OBSERVATIONS} observations: no statistics",
+    }
+
+
+def _num(value: Any) -> float | None:
+    if value is None:
+        return None
+    f = float(value)
+    return None if f != f else f  # NaN (no values) → null

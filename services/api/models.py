@@ -1,0 +1,70 @@
+"""Request bodies of the query API; invalid input answers 422 naming the field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Step = str | dict[str, str]
+Scope = Literal["journey", "session"]
+Breakdown = Literal["channel", "browser", "os", "device_type", "country", "network"]
+Metric = Literal["response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors"]
+
+
+class TimeRange(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    from_: datetime | None = Field(None, alias="from", description="ISO 8601; default 7 days ago")
+    to: datetime | None = Field(None, description="ISO 8601; default now")
+    window_seconds: int = Field(86_400, gt=0, le=90 * 86_400)
+    breakdown: Breakdown | None = None
+
+
+class AbandonmentRequest(TimeRange):
+    goal: Step | None = Field(None, description="default: the project's first goal")
+    start: Step | None = None
+    scope: Scope = "journey"
+    limit: int = Field(20, ge=1, le=1000)
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "goal": {"name": "Order Completed"},
+                "start": {"type": "page", "path": "/"},
+                "window_seconds": 86400,
+                "scope": "journey",
+                "limit": 10,
+            }
+        },
+    )
+
+
+class CorrelationRequest(TimeRange):
+    metric: Metric = "response_ms"
+    touchpoint: Step | None = None
+    goal: Step | None = None
+    buckets: list[float] = Field(default_factory=lambda: [500.0, 1000.0, 2000.0, 4000.0], max_length=50)
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "metric": "response_ms",
+                "touchpoint": {"type": "page", "path": "/search"},
+                "goal": "Order Completed",
+                "buckets": [500, 1000, 2000, 4000],
+            }
+        },
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(v <= 0 for v in value) or value != sorted(set(value)):
+            raise ValueError("bucket edges must be positive and strictly increasing")
+        return value

@@ -1,0 +1,149 @@
+"""Abandonment and correlations through the API on generated traffic whose ground truth is known."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests.generator import GOAL, Traffic, generate
+from loadtests.sender import send
+from tests.faults import wait_caught_up
+from tests.harness import API_KEY, OTHER_API_KEY, WRITE_KEY, Proc, new_proc
+
+PEOPLE = 800
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Traffic]]:
+    proc = new_proc("up", tmp_path_factory.mktemp("analytics")).start()
+    now = int(time.time() * 1000)
+    traffic = generate(seed=21, people=PEOPLE, start_ms=now - 20 * 3600_000, end_ms=now)
+    result = asyncio.run(send(proc.url, WRITE_KEY, traffic.batches, concurrency=8, progress=False))
+    assert set(result.statuses) == {200}
+    wait_caught_up(proc)
+    yield proc, traffic
+    proc.stop()
+
+
+def api(proc: Proc, path: str, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
+    return httpx.post(f"{proc.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
+def test_abandonment_matches_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    r = api(proc, "/v1/abandonment", {"goal": GOAL, "limit": 1000})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    truths = traffic.truths
+    converted = sum(t.converted for t in truths)
+    assert body["journeys"] == PEOPLE
+    assert body["converted"] == converted
+    assert body["abandoned"] == PEOPLE - converted
+    assert body["recovered_cross_channel"] == sum(t.recovered_cross_channel for t in truths)
+    expected = Counter((t.last_touchpoint, t.last_channel) for t in truths if not t.converted)
+    got = {(p["touchpoint"], p["channel"]): p["abandoned"] for p in body["points"]}
+    assert got == dict(expected)
+    top = body["points"][0]
+    assert top["share"] == pytest.approx(top["abandoned"] / body["abandoned"])
+    assert 0 <= top["error_rate"] <= 1 and top["avg_repeats"] >= 1
+    lo, hi = body["conversion_rate_ci95"]
+    assert lo < converted / PEOPLE < hi
+
+
+def test_abandonment_by_channel_and_default_goal(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    body = api(proc, "/v1/abandonment", {"breakdown": "channel"}).json()  # goal: the project's default
+    by = body["breakdown"]
+    assert sum(v["journeys"] for v in by.values()) == PEOPLE
+    assert set(by) <= {"web", "mobile_web", "app"}
+
+
+def _search_observations(traffic: Traffic) -> list[tuple[float, bool]]:
+    """Each /search page view, and whether its person ordered within a day after it."""
+    person_of_device = {d: t for t in traffic.truths for d in t.devices}
+    seen: set[str] = set()
+    goals: dict[str, list[int]] = {}
+    visits: list[tuple[str, int, float]] = []
+    for batch in traffic.batches:
+        for e in batch.events:
+            if e["event_id"] in seen:
+                continue
+            seen.add(e["event_id"])
+            truth = person_of_device[e["anonymous_id"]]
+            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            if e.get("name") == GOAL:
+                goals.setdefault(truth.person_id, []).append(ts)
+            if e["type"] == "page" and e.get("context", {}).get("page", {}).get("path") == "/search":
+                visits.append((truth.person_id, ts, e["timing"]["response_ms"]))
+    return [(ms, any(v <= g <= v + 86_400_000 for g in goals.get(p, []))) for p, v, ms in visits]
+
+
+def _ms(value: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def test_correlation_buckets_match_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    edges = [500, 1000, 2000, 4000]
+    r = api(
+        proc,
+        "/v1/correlations",
+        {"metric": "response_ms", "touchpoint": {"type": "page", "path": "/search"}, "goal": GOAL, "buckets": edges},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    observations = _search_observations(traffic)
+    assert body["observations"] == len(observations)
+    bounds = [0, *edges, float("inf")]
+    for bucket, lo, hi in zip(body["buckets"], bounds[:-1], bounds[1:], strict=True):
+        inside = [c for m, c in observations if lo <= round(m, 1) < hi]
+        assert bucket["observations"] == len(inside), bucket
+        assert bucket["converted"] == sum(inside), bucket
+    assert body["odds_ratio_per_second"] < 1  # slow search pages lose buyers, by construction
+    assert body["spearman"] < 0
+    ci = body["odds_ratio_per_second_ci95"]
+    assert ci[0] < body["odds_ratio_per_second"] < ci[1]
+
+
+def test_session_scope_and_errors_metric(loaded: tuple[Proc, Traffic]) -> None:
+    proc, _ = loaded
+    sessions = api(proc, "/v1/abandonment", {"goal": GOAL, "scope": "session"}).json()
+    assert sessions["journeys"] > PEOPLE  # two-device people have two sessions at least
+    errors = api(proc, "/v1/correlations", {"metric": "errors", "goal": GOAL, "breakdown": "channel"})
+    assert errors.status_code == 200, errors.text
+    assert "odds_ratio_per_error" in errors.json() and set(errors.json()["by"]) <= {"web", "mobile_web", "app"}
+
+
+def test_invalid_queries_answer_422_naming_the_field(loaded: tuple[Proc, Traffic]) -> None:
+    proc, _ = loaded
+    cases = [
+        ({"goal": GOAL, "window_seconds": -1}, "window_seconds"),
+        ({"goal": GOAL, "scope": "galaxy"}, "scope"),
+        ({"goal": {"colour": "red"}}, "goal"),
+        ({"goal": GOAL, "from": "not a time"}, "from"),
+        ({"goal": GOAL, "breakdown": "shoe_size"}, "breakdown"),
+    ]
+    for body, field in cases:
+        r = api(proc, "/v1/abandonment", body)
+        assert r.status_code == 422, (body, r.text)
+        assert field in r.text
+    r = api(proc, "/v1/correlations", {"goal": GOAL, "buckets": [100, 50]})
+    assert r.status_code == 422 and "buckets" in r.text
+    # SQL-shaped values are data, never SQL.
+    r = api(proc, "/v1/abandonment", {"goal": {"name": "x' OR 1=1 --"}})
+    assert r.status_code == 200 and r.json()["converted"] == 0
+
+
+def test_projects_are_isolated(loaded: tuple[Proc, Traffic]) -> None:
+    proc, _ = loaded
+    other = api(proc, "/v1/abandonment", {"goal": GOAL}, key=OTHER_API_KEY).json()
+    assert other["journeys"] == 0
+    assert api(proc, "/v1/abandonment", {"goal": GOAL}, key="wk_test_shop").status_code == 401
