@@ -48,3 +48,7 @@ bench: kafka-fetch
 		{ echo "==> installing wrk"; apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; } || \
 		{ echo "make bench needs wrk: apt-get install wrk"; exit 2; }
 	@$(BIN)/python -m loadtests.bench
+
+# Not part of CI: 10 minutes of steady load; RSS and latency are sampled every 30 s.
+soak: install
+	@$(BIN)/python -m loadtests.soak

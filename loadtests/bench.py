@@ -30,7 +30,7 @@ from loadtests.generator import beacon_events, generate
 from loadtests.sender import percentile
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
-from services.sessionizer.rows import event_row
+from services.sessionizer.rows import event_json
 from services.testing import kafka_broker
 from tests.harness import API_KEY, WRITE_KEY, Proc, new_proc
 
@@ -181,17 +181,31 @@ def sessionizer_run(data: Path, env: dict[str, str], expected: int) -> dict[str,
     }
 
 
-def clickhouse_reference(rows: list[list[Any]], workdir: Path, batch: int) -> dict[str, float]:
-    """Raw clickhouse-connect inserts of the same rows (same schema), and a point query."""
+def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: int) -> dict[str, float]:
+    """Raw clickhouse-connect on the same rows and schema: ``insert`` of Python rows (the plain way),
+    ``raw_insert`` of prebuilt JSONEachRow lines, and a point query per device."""
+    from datetime import UTC, datetime
+
     from services.core.warehouse import Warehouse
 
     wh = Warehouse(f"chdb://{workdir / 'ref-clickhouse'}", "bench-reference")
     wh.migrate()
+    lines = [event_json(r) for r in records]
+    rows = []
+    for line in lines:
+        row = orjson.loads(line)
+        for col in ("timestamp", "received_at"):
+            row[col] = datetime.fromtimestamp(row[col], tz=UTC)
+        rows.append([row[c] for c in EVENT_COLUMNS])
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
         wh.insert("events", rows[i : i + batch], EVENT_COLUMNS)
     insert_s = time.perf_counter() - started
-    anon = [r[4] for r in random.Random(1).sample(rows, 50)]
+    started = time.perf_counter()
+    for i in range(0, len(lines), batch):
+        wh.insert_json("events", lines[i : i + batch], EVENT_COLUMNS)
+    json_s = time.perf_counter() - started
+    anon = [r["anonymous_id"] for r in random.Random(1).sample(records, 50)]
     times = []
     for a in anon:
         t = time.perf_counter()
@@ -203,6 +217,7 @@ def clickhouse_reference(rows: list[list[Any]], workdir: Path, batch: int) -> di
         times.append(time.perf_counter() - t)
     return {
         "rows_per_s": round(len(rows) / insert_s, 1),
+        "json_rows_per_s": round(len(lines) / json_s, 1),
         "rows": len(rows),
         "point_query_p50_ms": round(statistics.median(times) * 1000, 2),
     }
@@ -320,19 +335,17 @@ def main() -> int:
         say("reference: raw clickhouse-connect inserts of the same rows (chDB)")
         n_rows = min(accepted, 500_000)
         base = beacon_events(1000)
-        rows = [
-            event_row(
-                normalize(
-                    {**base[i % 1000], "anonymous_id": f"ref-{i % 20000}"},
-                    project="shop",
-                    received_ms=now_ms(),
-                    sent_at_ms=None,
-                    ip="203.0.113.9",
-                )
+        records = [
+            normalize(
+                {**base[i % 1000], "anonymous_id": f"ref-{i % 20000}"},
+                project="shop",
+                received_ms=now_ms(),
+                sent_at_ms=None,
+                ip="203.0.113.9",
             )
             for i in range(n_rows)
         ]
-        results["clickhouse_reference"] = clickhouse_reference(rows, workdir, 20_000)
+        results["clickhouse_reference"] = clickhouse_reference(records, workdir, 20_000)
         say(f"  {results['clickhouse_reference']}")
 
         say("embedded mode (touchpoint up, no Kafka): batches of 50")

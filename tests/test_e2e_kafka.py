@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -41,17 +42,18 @@ def devices_events(devices: list[str], per_device: int) -> list[dict[str, object
     ]
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[int, bytes]]:
+async def read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[int, bytes, int]]:
+    """(partition, key, events in the record) until ``expected`` events were read."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
     )
     await consumer.start()
-    out: list[tuple[int, bytes]] = []
+    out: list[tuple[int, bytes, int]] = []
     try:
         async with asyncio.timeout(30):
-            while len(out) < expected:
+            while sum(n for _, _, n in out) < expected:
                 for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-                    out += [(tp.partition, m.key or b"") for m in messages]
+                    out += [(tp.partition, m.key or b"", len(orjson.loads(m.value or b"[]"))) for m in messages]
         partitions = consumer.partitions_for_topic(topic)
         assert partitions is not None and len(partitions) == 3
     finally:
@@ -71,9 +73,9 @@ def test_up_on_kafka_end_to_end_keyed_per_device(kafka: Broker | str, tmp_path: 
             journey = journey_with(proc, device, {f"{device}-{i}" for i in range(5)})
             assert sorted(event_ids(journey)) == sorted(f"{device}-{i}" for i in range(5))
         records = asyncio.run(read_topic(bootstrap_of(kafka), env["TOUCHPOINT_KAFKA_TOPIC"], 30))
-        assert len(records) == 30
+        assert len(records) == 6  # one request: each device's 5 events packed into one record
         partition_of: dict[bytes, set[int]] = {}
-        for partition, key in records:
+        for partition, key, _ in records:
             partition_of.setdefault(key, set()).add(partition)
         assert set(partition_of) == {f"shop\x00{d}".encode() for d in devices}
         assert all(len(p) == 1 for p in partition_of.values())  # one device, one partition

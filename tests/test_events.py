@@ -106,3 +106,16 @@ def test_ip_is_anonymised_by_default_and_kept_when_turned_off() -> None:
 def test_partition_key_is_project_and_device() -> None:
     rec = norm({"type": "page", "anonymous_id": "dev-1"})
     assert partition_key(rec) == b"p\x00dev-1"
+
+
+def test_pack_groups_records_under_the_size_limit() -> None:
+    import orjson
+
+    from services.ingest.app import PACK_BYTES, pack
+
+    small = [orjson.dumps({"i": i}) for i in range(3)]
+    assert [orjson.loads(p) for p in pack(small)] == [[{"i": 0}, {"i": 1}, {"i": 2}]]
+    big = [orjson.dumps({"pad": "x" * (PACK_BYTES // 3)}) for _ in range(7)]
+    packs = list(pack(big))
+    assert len(packs) == 4 and all(len(p) <= PACK_BYTES for p in packs)
+    assert sum(len(orjson.loads(p)) for p in packs) == 7

@@ -8,9 +8,10 @@ import orjson
 
 from services.core.eventlog import LogRecord
 from services.core.events import normalize, now_ms
-from services.core.schema import MIGRATIONS
+from services.core.schema import EVENT_COLUMNS, MIGRATIONS
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
+from services.sessionizer.rows import event_json
 
 
 def test_migrations_are_idempotent_and_versioned(chdb_path: Path) -> None:
@@ -54,3 +55,47 @@ def test_retried_batch_is_stored_once(chdb_path: Path) -> None:
     assert count == 5
     poison = wh.rows("SELECT error FROM rejected_events WHERE project = ''")
     assert len(poison) == 1 and "log record 0:5" in poison[0]["error"]
+
+
+def test_event_rows_fill_every_column_of_the_schema() -> None:
+    record = normalize(
+        {
+            "type": "page",
+            "anonymous_id": "a",
+            "timestamp": "2026-11-22T10:00:00.001Z",
+            "context": {"page": {"url": "https://shop.example/p?utm_source=mail&utm_medium=email&utm_campaign=x"}},
+        },
+        project="p",
+        received_ms=now_ms(),
+        sent_at_ms=None,
+        ip="10.1.2.3",
+    )
+    row = orjson.loads(event_json(record))
+    assert tuple(row) == EVENT_COLUMNS
+    assert row["path"] == "/p" and (row["campaign_source"], row["campaign_medium"]) == ("mail", "email")
+    assert row["timestamp"] == 1795341600.001  # exact milliseconds as epoch seconds
+
+
+def test_json_rows_keep_milliseconds_exact(chdb_path: Path) -> None:
+    wh = Warehouse(f"chdb://{chdb_path}", "test")
+    wh.migrate()
+    base = 1795341600000
+    lines = [
+        event_json(
+            normalize(
+                {"type": "page", "anonymous_id": "ms-dev", "event_id": f"ms{k}"},
+                project="ms",
+                received_ms=base + k,
+                sent_at_ms=None,
+                ip="",
+            )
+        )
+        for k in range(0, 5000, 7)
+    ]
+    wh.insert_json("events", lines, EVENT_COLUMNS)
+    bad = wh.rows(
+        "SELECT count() AS n FROM events WHERE project = 'ms' "
+        "AND toUnixTimestamp64Milli(timestamp) != toInt64(substring(event_id, 3)) + {b:Int64}",
+        {"b": base},
+    )
+    assert bad[0]["n"] == 0

@@ -100,6 +100,16 @@ class Warehouse:
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
         self.client.insert(table, rows, column_names=list(columns), settings=settings)
 
+    def insert_json(
+        self, table: str, lines: Sequence[bytes], columns: Sequence[str], dedup_token: str | None = None
+    ) -> None:
+        """Insert JSONEachRow lines: ClickHouse parses them natively, several times faster than
+        encoding Python values. A retried insert with the same token is dropped."""
+        if not lines:
+            return
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        self.client.raw_insert(table, list(columns), b"\n".join(lines), settings=settings, fmt="JSONEachRow")
+
     def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT with bound parameters; rows as dicts."""
         result = self.client.query(sql, parameters=dict(parameters or {}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -33,6 +34,7 @@ APPEND_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 RETRY_AFTER_SECONDS = 5
+PACK_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit
 UNSTORABLE = "holds a value that cannot be stored (an integer beyond 64 bits, or invalid text)"
 
 
@@ -43,6 +45,20 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
     return _json(status, {"error": detail}, headers)
+
+
+def pack(values: list[bytes]) -> Iterator[bytes]:
+    """One device's records of one request as JSON arrays of at most PACK_BYTES each.
+
+    Why: a log record per event costs the Kafka client ~20 µs each way; a batch
+    from one tracker becomes one record, and the sessionizer unpacks it."""
+    start, size = 0, 2
+    for i, value in enumerate(values):
+        if size + len(value) > PACK_BYTES and i > start:
+            yield b"[" + b",".join(values[start:i]) + b"]"
+            start, size = i, 2
+        size += len(value) + 1
+    yield b"[" + b",".join(values[start:]) + b"]"
 
 
 def safe_payload(raw: Any) -> Any:
@@ -110,7 +126,7 @@ class Ingest:
                 return _error(400, str(exc))
 
         ip = request.client.host if request.client else ""
-        records: list[tuple[bytes, bytes]] = []
+        packs: dict[bytes, list[bytes]] = {}  # partition key → serialised records
         rejected: list[dict[str, Any]] = []
         for index, raw_event in enumerate(events):
             try:
@@ -128,12 +144,13 @@ class Ingest:
             except InvalidEvent as invalid:
                 problem = invalid
             else:
-                records.append((partition_key(record), value))
+                packs.setdefault(partition_key(record), []).append(value)
                 continue
             rejected.append({"index": index, "error": str(problem)})
             REJECTED.labels(problem.field).inc()
             dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
-            records.append((project.id.encode(), orjson.dumps(dead)))
+            packs.setdefault(project.id.encode(), []).append(orjson.dumps(dead))
+        records = [(key, value) for key, values in packs.items() for value in pack(values)]
 
         started = time.perf_counter()
         try:

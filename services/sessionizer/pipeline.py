@@ -23,7 +23,7 @@ from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
-from .rows import event_row, link_rows, rejected_row
+from .rows import event_json, link_rows, rejected_row
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -43,7 +43,7 @@ LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (em
 class Decoded:
     """One batch, decoded into the rows of each table."""
 
-    events: list[list[Any]] = field(default_factory=list)
+    events: list[bytes] = field(default_factory=list)  # JSONEachRow lines
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
 
@@ -55,14 +55,16 @@ def decode(records: list[LogRecord]) -> Decoded:
     for record in records:
         try:
             value = orjson.loads(record.value)
-            kind = value.get("kind")
-            if kind == "event":
-                out.events.append(event_row(value))
-                event_records.append(value)
-            elif kind == "rejected":
-                out.rejected.append(rejected_row(value))
-            else:
-                raise ValueError(f"unknown record kind {kind!r}")
+            # Ingest packs one request's events for one device into one log record (a list).
+            for item in value if isinstance(value, list) else (value,):
+                kind = item.get("kind")
+                if kind == "event":
+                    out.events.append(event_json(item))
+                    event_records.append(item)
+                elif kind == "rejected":
+                    out.rejected.append(rejected_row(item))
+                else:
+                    raise ValueError(f"unknown record kind {kind!r}")
         except Exception as exc:  # a poison record must not stop the consumer
             POISON.inc()
             out.rejected.append(
@@ -125,7 +127,7 @@ class Pipeline:
 
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
-        self.warehouse.insert("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
+        self.warehouse.insert_json("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
         self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
 
