@@ -285,9 +285,12 @@ def _ms(value: str) -> int:
     return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 
-def beacon_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
-    """Events without ids or timestamps (the server assigns both): a body any load tool can repeat."""
+def beacon_events(count: int, seed: int = 7, devices: int = 1) -> list[dict[str, Any]]:
+    """Events without ids or timestamps (the server assigns both): a body any load tool can repeat.
+
+    A tracker's batch comes from one device (``devices=1``); a server-side relay mixes many."""
     rng = random.Random(seed)
+    device_ids = [f"bench-{rng.randrange(1_000_000)}" for _ in range(devices)]
     out = []
     for i in range(count):
         step = WEB_STEPS[i % 6]
@@ -295,7 +298,7 @@ def beacon_events(count: int, seed: int = 7) -> list[dict[str, Any]]:
             {
                 "type": step[0],
                 "name": step[1],
-                "anonymous_id": f"bench-{rng.randrange(1_000_000)}",
+                "anonymous_id": device_ids[i % devices],
                 "context": {
                     "page": {"path": step[2], "url": f"https://shop.example{step[2]}"},
                     "user_agent": USER_AGENTS["web"],

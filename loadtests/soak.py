@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
-from loadtests.bench import peak_rss_mb
+from loadtests.bench import peak_rss_mb, pid_of
 from loadtests.generator import generate
 from loadtests.sender import percentile
 from services.testing import kafka_broker
@@ -87,8 +87,8 @@ def main() -> int:
     env = {"TOUCHPOINT_KAFKA_BOOTSTRAP": broker.bootstrap} if broker else {}
     proc = new_proc("up", workdir, **env).start()
     try:
-        samples = asyncio.run(run(proc.url, proc.proc.pid, args.minutes * 60, args.rate, args.every))  # type: ignore[union-attr]
-        peak = peak_rss_mb(proc.proc.pid)  # type: ignore[union-attr]
+        samples = asyncio.run(run(proc.url, pid_of(proc), args.minutes * 60, args.rate, args.every))
+        peak = peak_rss_mb(pid_of(proc))
     finally:
         proc.stop()
         if broker:

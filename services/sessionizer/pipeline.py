@@ -99,24 +99,34 @@ class PipelineState:
 
 
 class Pipeline:
-    def __init__(self, reader: LogReader, warehouse: Warehouse, max_events: int, max_seconds: float) -> None:
+    def __init__(
+        self,
+        reader: LogReader,
+        warehouse: Warehouse,
+        max_events: int,
+        max_seconds: float,
+        max_bytes: int = 32 << 20,
+    ) -> None:
         self.reader = reader
         self.warehouse = warehouse
         self.max_events = max_events
+        self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.state = PipelineState()
 
     async def collect(self, stop: asyncio.Event) -> list[LogRecord]:
         """Poll until the batch is full or max_seconds passed since its first record."""
         batch: list[LogRecord] = []
+        size = 0
         deadline: float | None = None
-        while len(batch) < self.max_events and not stop.is_set():
+        while len(batch) < self.max_events and size < self.max_bytes and not stop.is_set():
             remaining = self.max_seconds if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
             got = await self.reader.poll(self.max_events - len(batch), min(remaining, 0.5))
             if got:
                 batch.extend(got)
+                size += sum(len(r.value) for r in got)
                 if deadline is None:
                     deadline = time.monotonic() + self.max_seconds
             elif deadline is None:
@@ -170,7 +180,7 @@ class Pipeline:
                 LAG.set(lag)
             if not records:
                 continue
-            decoded = decode(records)
+            decoded = await asyncio.to_thread(decode, records)  # CPU work off the event loop
             if not await self.write_with_retry(records, decoded, stop):
                 break
             await self.reader.commit(records)
