@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
-from loadtests.generator import beacon_events, generate
+from loadtests.generator import GOAL, beacon_events, generate
 from loadtests.sender import percentile
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
@@ -235,11 +235,12 @@ def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: in
     }
 
 
-async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_rate: float) -> dict[str, float]:
+async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_rate: float) -> dict[str, Any]:
     """200 at ingest → visible in /v1/journeys, for probe events sent under background load."""
     now = now_ms()
     traffic = generate(99, 100_000, now - 20 * 3600_000, now).batches
     lags: list[float] = []
+    sent_devices: list[str] = []
     async with httpx.AsyncClient(timeout=30) as client:
         stop = time.monotonic() + seconds
 
@@ -247,6 +248,7 @@ async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_
             i = 0
             while time.monotonic() < stop and i < len(traffic):
                 body = orjson.dumps(traffic[i].body(now_ms()))
+                sent_devices.extend(e["anonymous_id"] for e in traffic[i].events)
                 i += 1
                 await client.post(f"{proc.url}/v1/batch", content=body, headers={"X-Write-Key": WRITE_KEY})
                 await asyncio.sleep(1 / background_rate)
@@ -275,7 +277,13 @@ async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_
             n += 1
             await asyncio.sleep(1 / probes_per_s)
         await asyncio.gather(*tasks, *probes)
-    return {"p50_s": round(percentile(lags, 50), 3), "p99_s": round(percentile(lags, 99), 3), "probes": len(lags)}
+    devices = sorted(set(sent_devices))
+    return {
+        "p50_s": round(percentile(lags, 50), 3),
+        "p99_s": round(percentile(lags, 99), 3),
+        "probes": len(lags),
+        "devices": random.Random(3).sample(devices, min(200, len(devices))),
+    }
 
 
 async def query_latency(proc: Proc, ids: list[str]) -> dict[str, float]:
@@ -285,8 +293,22 @@ async def query_latency(proc: Proc, ids: list[str]) -> dict[str, float]:
             t = time.perf_counter()
             r = await client.get(f"{proc.url}/v1/journeys/{identifier}", headers={"Authorization": f"Bearer {API_KEY}"})
             times.append(time.perf_counter() - t)
-            assert r.status_code in (200, 404)
+            assert r.status_code == 200, r.text
+        reports = {
+            "abandonment": ("/v1/abandonment", {"goal": GOAL}),
+            "correlations": ("/v1/correlations", {"goal": GOAL, "touchpoint": {"type": "page", "path": "/search"}}),
+        }
+        medians = {}
+        for name, (path, body) in reports.items():
+            runs = []
+            for _ in range(5):
+                t = time.perf_counter()
+                r = await client.post(f"{proc.url}{path}", json=body, headers={"Authorization": f"Bearer {API_KEY}"})
+                runs.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+            medians[f"{name}_median_ms"] = round(statistics.median(runs) * 1000, 2)
     return {
+        **medians,
         "journey_p50_ms": round(percentile(times, 50) * 1000, 2),
         "journey_p99_ms": round(percentile(times, 99) * 1000, 2),
         "queries": len(times),
@@ -386,10 +408,10 @@ def main() -> int:
         up = new_proc("up", workdir / "fresh", **fresh_env).start()
         procs.append(up)
         results["freshness"] = asyncio.run(freshness(up, 20, probes_per_s=5, background_rate=50))
+        ids = results["freshness"].pop("devices")
         say(f"  {results['freshness']}")
-        now = now_ms()
-        ids = [t.person_id for t in generate(99, 2000, now - 20 * 3600_000, now).truths[:200]]
         results["queries"] = asyncio.run(query_latency(up, ids))
+        results["queries"]["stored_events"] = int(metric(up, "touchpoint_sessionizer_events_written_total"))
         results["queries"]["up_peak_rss_mb"] = peak_rss_mb(pid_of(up))
         say(f"  {results['queries']}")
         up.stop()
@@ -449,6 +471,11 @@ def print_table(r: dict[str, Any]) -> None:
         ("raw clickhouse-connect JSONEachRow (reference)", f"{c['json_rows_per_s']:,.0f} rows/s", ""),
         ("freshness 200 → visible in journeys", f"p50 {r['freshness']['p50_s']} s", f"p99 {r['freshness']['p99_s']} s"),
         ("GET /v1/journeys", f"p50 {r['queries']['journey_p50_ms']} ms", f"p99 {r['queries']['journey_p99_ms']} ms"),
+        (
+            f"POST /v1/abandonment, /v1/correlations ({r['queries']['stored_events']:,} events)",
+            f"{r['queries']['abandonment_median_ms']} ms",
+            f"{r['queries']['correlations_median_ms']} ms (medians of 5)",
+        ),
     ]
     width = max(len(a) for a, _, _ in rows)
     print()

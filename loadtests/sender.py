@@ -113,6 +113,12 @@ async def send(
         await asyncio.gather(*workers)
         if reporter:
             reporter.cancel()
+            print(
+                f"  sent {done}/{len(batches)} batches in {time.monotonic() - started:.1f}s, "
+                f"statuses {dict(sorted(result.statuses.items()))}",
+                file=sys.stderr,
+                flush=True,
+            )
     result.elapsed_s = time.monotonic() - started
     result.refused_ids -= result.accepted_ids  # a retried copy got its 200: the event must be stored
     result.unknown_ids -= result.accepted_ids
@@ -129,7 +135,7 @@ def percentile(values: list[float], q: float) -> float:
 def summary(result: SendResult) -> dict[str, Any]:
     return {
         "batches": sum(result.statuses.values()),
-        "statuses": result.statuses,
+        "statuses": {str(code): n for code, n in sorted(result.statuses.items())},
         "p50_ms": round(percentile(result.latencies, 50) * 1000, 2),
         "p99_ms": round(percentile(result.latencies, 99) * 1000, 2),
         "elapsed_s": round(result.elapsed_s, 2),

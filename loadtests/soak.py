@@ -101,7 +101,7 @@ def main() -> int:
         "rss_growth_mb_after_warmup": round(steady[-1]["rss_mb"] - steady[0]["rss_mb"], 1),
         "p99_ms_first_last": [steady[0]["p99_ms"], steady[-1]["p99_ms"]],
     }
-    print(orjson.dumps(result).decode())
+    print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
     return 0
 
 

@@ -75,17 +75,48 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
     return out
 
 
+def _list_rejected(project_id: str | None, limit: int) -> int:
+    """Print dead letters from a running Touchpoint (TOUCHPOINT_HOST/PORT), one JSON line each."""
+    import httpx
+    import orjson
+
+    settings = Settings.from_env()
+    projects, _, _ = load_projects(settings)
+    project = projects.get(project_id) if project_id else projects.items[0]
+    if project is None:
+        print(f"touchpoint: no project {project_id!r} in the projects file", file=sys.stderr)
+        return 2
+    url = f"http://{settings.host}:{settings.port}/v1/rejected"
+    try:
+        r = httpx.get(url, params={"limit": limit}, headers={"Authorization": f"Bearer {project.api_keys[0]}"})
+    except httpx.HTTPError as exc:
+        print(
+            f"touchpoint: cannot reach {url} ({exc}); is `touchpoint up` or `touchpoint api` running?", file=sys.stderr
+        )
+        return 1
+    if r.status_code != 200:
+        print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
+        return 1
+    for item in r.json()["rejected"]:
+        print(orjson.dumps(item).decode())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
         "command",
-        choices=["up", "ingest", "sessionizer", "api", "demo"],
+        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected"],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report",
     )
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
+    parser.add_argument("--project", default=None, help="rejected: project id (default: the first)")
+    parser.add_argument("--limit", type=int, default=20, help="rejected: how many, newest first")
     args = parser.parse_args(argv)
+    if args.command == "rejected":
+        return _list_rejected(args.project, args.limit)
     if args.command == "demo":
         from services.demo import main as demo
 

@@ -95,6 +95,22 @@ def test_channel_derivation() -> None:
     assert norm({"type": "page", "anonymous_id": "a", "channel": "email"})["channel"] == "email"
 
 
+def test_user_agents_are_parsed_and_bots_flagged() -> None:
+    from services.core.useragent import parse_user_agent
+
+    chrome = parse_user_agent(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36"
+    )
+    assert (chrome.browser, chrome.os, chrome.device_type, chrome.bot) == ("Chrome", "Windows", "desktop", False)
+    ipad = parse_user_agent("Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148")
+    assert ipad.device_type == "tablet"
+    bot = parse_user_agent("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")
+    assert bot.bot and bot.device_type == "bot"
+    rec = norm({"type": "page", "anonymous_id": "a", "context": {"user_agent": "Googlebot/2.1"}})
+    assert rec["ua"]["bot"] is True
+
+
 def test_ip_is_anonymised_by_default_and_kept_when_turned_off() -> None:
     assert anonymize_ip("203.0.113.77") == "203.0.113.0"
     assert anonymize_ip("2001:db8:1234:5678::1") == "2001:db8:1234::"

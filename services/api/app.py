@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from services.core.settings import Project, Projects
@@ -13,7 +14,7 @@ from services.core.warehouse import Warehouse
 
 from .analytics import abandonment, correlations
 from .auth import project_for
-from .journeys import load_journey, ms
+from .journeys import iso, load_journey, ms
 from .models import AbandonmentRequest, CorrelationRequest, TimeRange
 from .steps import step_condition
 
@@ -36,6 +37,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/rejected",
+            self.rejected,
+            methods=["GET"],
+            tags=["operations"],
+            summary="Dead letters: events refused at ingest or undecodable, with the reason",
+        )
         self.router.add_api_route(
             "/v1/abandonment",
             self.abandonment,
@@ -88,6 +96,37 @@ class QueryApi:
         if journey is None:
             raise HTTPException(404, f"identifier: no events for {identifier!r} between from and to")
         return journey
+
+    async def rejected(
+        self,
+        request: Request,
+        from_: str | None = Query(None, alias="from", description="ISO 8601; default 7 days ago"),
+        to: str | None = Query(None, description="ISO 8601; default now"),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        """The newest rejected events of the key's project, each with the field at fault."""
+        project = project_for(request, self.projects)
+        now = datetime.now(UTC)
+        start = _time(from_, "from", now - timedelta(days=7))
+        end = _time(to, "to", now + timedelta(seconds=1))
+        rows = await asyncio.to_thread(
+            self.warehouse.rows,
+            "SELECT received_at, batch_index, error, payload FROM rejected_events "
+            "WHERE project = {p:String} AND received_at >= fromUnixTimestamp64Milli({s:Int64}) "
+            "AND received_at < fromUnixTimestamp64Milli({e:Int64}) ORDER BY received_at DESC LIMIT {n:UInt32}",
+            {"p": project.id, "s": start, "e": end, "n": limit},
+        )
+        return {
+            "rejected": [
+                {
+                    "received_at": iso(ms(r["received_at"])),
+                    "index": r["batch_index"],
+                    "error": r["error"],
+                    "payload": _maybe_json(r["payload"]),
+                }
+                for r in rows
+            ]
+        }
 
     def _range(self, body: TimeRange) -> tuple[int, int]:
         now = datetime.now(UTC)
@@ -165,6 +204,13 @@ class QueryApi:
             by = await asyncio.to_thread(run, body.breakdown)
             out["by"] = {k: _correlation_json(v, body.metric, edges) for k, v in by.items()}
         return out
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def _aware(value: datetime) -> datetime:

@@ -20,7 +20,7 @@ class Migration:
 
 TS: Final = "DateTime64(3, 'UTC')"
 
-# Column order of the events table as the sessionizer inserts it.
+# The columns the sessionizer fills, in the order of the table.
 EVENT_COLUMNS: Final = (
     "project",
     "event_id",
@@ -42,9 +42,14 @@ EVENT_COLUMNS: Final = (
     "campaign_name",
     "user_agent",
     "browser",
+    "browser_version",
     "os",
+    "os_version",
     "device_type",
+    "is_bot",
     "country",
+    "region",
+    "city",
     "network",
     "ip",
     "response_ms",
@@ -140,6 +145,20 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             ORDER BY (project, received_at)
             TTL toDateTime(received_at) + INTERVAL 30 DAY
             SETTINGS non_replicated_deduplication_window = 10000
+            """,
+        ),
+    ),
+    Migration(
+        2,
+        "enrichment: browser and OS versions, region, city, bot flag",
+        (
+            """
+            ALTER TABLE events
+                ADD COLUMN IF NOT EXISTS browser_version LowCardinality(String) AFTER browser,
+                ADD COLUMN IF NOT EXISTS os_version LowCardinality(String) AFTER os,
+                ADD COLUMN IF NOT EXISTS region LowCardinality(String) AFTER country,
+                ADD COLUMN IF NOT EXISTS city LowCardinality(String) AFTER region,
+                ADD COLUMN IF NOT EXISTS is_bot UInt8 AFTER device_type
             """,
         ),
     ),

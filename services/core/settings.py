@@ -78,6 +78,10 @@ class Settings:
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
     ingest_id: str = "touchpoint-ingest"
+    collect_prefix: str = ""
+    geoip_mmdb: str | None = None
+    max_batch_events: int = 10_000
+    max_event_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -100,6 +104,10 @@ class Settings:
             batch_max_seconds=_float(env, "TOUCHPOINT_BATCH_MAX_SECONDS", 1.0),
             max_body_bytes=_int(env, "TOUCHPOINT_MAX_BODY_BYTES", 1 << 20),
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),
+            geoip_mmdb=env.get("TOUCHPOINT_GEOIP_MMDB") or None,
+            collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),
+            max_batch_events=_int(env, "TOUCHPOINT_MAX_BATCH_EVENTS", 10_000),
+            max_event_bytes=_int(env, "TOUCHPOINT_MAX_EVENT_BYTES", 64 * 1024),
             ingest_id=env.get("TOUCHPOINT_INGEST_ID")
             or f"touchpoint-ingest-{socket.gethostname()}-{_int(env, 'TOUCHPOINT_PORT', 8080)}",
         )
@@ -107,6 +115,14 @@ class Settings:
     @property
     def embedded_log_dir(self) -> Path:
         return self.data_dir / "log"
+
+
+def _prefix(raw: str) -> str:
+    """A path prefix for first-party collection (e.g. ``/t``): leading slash, no trailing one."""
+    raw = raw.strip().strip("/")
+    if raw and not all(part.replace("-", "").replace("_", "").isalnum() for part in raw.split("/")):
+        raise ConfigError(f"TOUCHPOINT_COLLECT_PREFIX={raw!r}: use letters, digits, '-', '_' and '/'")
+    return f"/{raw}" if raw else ""
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import orjson
 from fastapi import APIRouter, Request
@@ -18,10 +19,12 @@ from prometheus_client import Counter, Histogram
 
 from services.core.eventlog import LogUnavailable, LogWriter
 from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms, partition_key, rejected_record
-from services.core.settings import Projects, Settings
+from services.core.settings import Project, Projects, Settings
 
 from .body import BodyError, decompress, parse_json, read_limited
+from .geo import Geo
 from .openapi import BATCH_OPENAPI
+from .tracker import TRACKER_JS
 
 log = logging.getLogger("touchpoint.ingest")
 
@@ -77,15 +80,39 @@ class Ingest:
         self.settings = settings
         self.projects = projects
         self.writer = writer
+        self.geo = Geo(settings.geoip_mmdb)
         self.router = APIRouter()
-        self.router.add_api_route(
-            "/v1/batch",
-            self.batch,
-            methods=["POST"],
-            tags=["ingest"],
-            summary="Send a batch of events",
-            openapi_extra=BATCH_OPENAPI,
-        )
+        prefixes = [""] + ([settings.collect_prefix] if settings.collect_prefix else [])
+        for prefix in prefixes:
+            hidden = prefix != ""  # the first-party alias is the same endpoint: documented once
+            self.router.add_api_route(
+                f"{prefix}/v1/batch",
+                self.batch,
+                methods=["POST"],
+                tags=["ingest"],
+                summary="Send a batch of events",
+                openapi_extra=BATCH_OPENAPI,
+                include_in_schema=not hidden,
+            )
+            self.router.add_api_route(
+                f"{prefix}/v1/batch", self.preflight, methods=["OPTIONS"], include_in_schema=False
+            )
+            self.router.add_api_route(
+                f"{prefix}/v1/pixel.gif",
+                self.pixel,
+                methods=["GET"],
+                tags=["ingest"],
+                summary="One event as query parameters, for places without JavaScript",
+                include_in_schema=not hidden,
+            )
+            self.router.add_api_route(
+                f"{prefix}/v1/tracker.js",
+                self.tracker,
+                methods=["GET"],
+                tags=["ingest"],
+                summary="The web tracker",
+                include_in_schema=not hidden,
+            )
 
     async def start(self) -> None:
         await self.writer.start()
@@ -97,37 +124,116 @@ class Ingest:
         return self.writer.healthy()
 
     async def batch(self, request: Request) -> Response:
-        """Accept ``{"sent_at", "events": [...]}``; answer which events were accepted."""
+        """Accept ``{"sent_at", "events": [...]}``; answer which events were accepted.
+
+        With ``?beacon=1`` a success is a bodiless 204, which is all ``sendBeacon`` expects.
+        """
         received = now_ms()
         limit = self.settings.max_body_bytes
+        origin = request.headers.get("origin")
         try:
             raw = await read_limited(request, limit)
             body = parse_json(decompress(raw, request.headers.get("content-encoding", ""), limit))
         except BodyError as exc:
-            return _error(exc.status, exc.detail)
+            return _error(exc.status, exc.detail, self._cors(origin, None))
         if not isinstance(body, dict):
-            return _error(400, "body: must be a JSON object with an 'events' list")
+            return _error(400, "body: must be a JSON object with an 'events' list", self._cors(origin, None))
         key = request.headers.get("x-write-key") or request.query_params.get("write_key") or body.get("write_key")
         if not key:
             return _error(
-                401, "write_key: missing; send the X-Write-Key header, write_key query parameter or body field"
+                401,
+                "write_key: missing; send the X-Write-Key header, write_key query parameter or body field",
+                self._cors(origin, None),
             )
         project = self.projects.by_write_key.get(str(key))
         if project is None:
-            return _error(401, "write_key: unknown")
+            return _error(401, "write_key: unknown", self._cors(origin, None))
+        cors = self._cors(origin, project)
         events = body.get("events")
         if not isinstance(events, list):
-            return _error(400, "events: must be a list")
+            return _error(400, "events: must be a list", cors)
+        if len(events) > self.settings.max_batch_events:
+            return _error(413, f"events: more than {self.settings.max_batch_events} in one batch; split it", cors)
         sent_at: int | None = None
         if body.get("sent_at") is not None:
             try:
                 sent_at = parse_time_ms(body["sent_at"], "sent_at")
             except InvalidEvent as exc:
-                return _error(400, str(exc))
-
+                return _error(400, str(exc), cors)
         ip = request.client.host if request.client else ""
+        records, rejected = self._records(project, events, sent_at, ip, received)
+        failure = await self._append(records, cors)
+        if failure is not None:
+            return failure
+        accepted = len(events) - len(rejected)
+        ACCEPTED.inc(accepted)
+        if request.query_params.get("beacon") == "1":
+            REQUESTS.labels("204").inc()
+            return Response(status_code=204, headers=cors)
+        return _json(200, {"accepted": accepted, "rejected": rejected}, cors)
+
+    async def pixel(self, request: Request) -> Response:
+        """``GET /v1/pixel.gif?write_key=…&type=page&anonymous_id=…&url=…``: answers a 1x1 GIF.
+
+        Dotted parameters fill objects (``properties.plan=gold``, ``timing.response_ms=120``).
+        """
+        received = now_ms()
+        params = request.query_params
+        project = self.projects.by_write_key.get(params.get("write_key", ""))
+        if project is None:
+            return _error(401, "write_key: missing or unknown")
+        event = pixel_event(params.multi_items())
+        ip = request.client.host if request.client else ""
+        records, rejected = self._records(project, [event], None, ip, received)
+        failure = await self._append(records, {})
+        if failure is not None:
+            return failure
+        ACCEPTED.inc(1 - len(rejected))
+        REQUESTS.labels("200").inc()
+        headers = {"Cache-Control": "no-store"}
+        if rejected:
+            headers["X-Touchpoint-Rejected"] = rejected[0]["error"][:200]
+        return Response(PIXEL_GIF, media_type="image/gif", headers=headers)
+
+    async def tracker(self, request: Request) -> Response:
+        return Response(
+            TRACKER_JS, media_type="application/javascript", headers={"Cache-Control": "public, max-age=3600"}
+        )
+
+    async def preflight(self, request: Request) -> Response:
+        """CORS preflight: allowed when the origin is allowed by the project named in ``write_key``,
+        or by any project when the key travels in a header (browsers do not send it on preflight)."""
+        origin = request.headers.get("origin")
+        project = self.projects.by_write_key.get(request.query_params.get("write_key", ""))
+        headers = self._cors(origin, project)
+        if not headers:
+            return Response(status_code=403)
+        headers.update(
+            {
+                "Access-Control-Allow-Methods": "POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Content-Type, Content-Encoding, X-Write-Key",
+                "Access-Control-Max-Age": "86400",
+            }
+        )
+        return Response(status_code=204, headers=headers)
+
+    def _cors(self, origin: str | None, project: Project | None) -> dict[str, str]:
+        if not origin:
+            return {}
+        allowed = (
+            project.allowed_origins if project else tuple(o for p in self.projects.items for o in p.allowed_origins)
+        )
+        if "*" in allowed or origin in allowed:
+            return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        return {}
+
+    def _records(
+        self, project: Project, events: list[Any], sent_at: int | None, ip: str, received: int
+    ) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+        """Validate every event; valid ones packed per device, invalid ones as dead letters."""
         packs: dict[bytes, list[bytes]] = {}  # partition key → serialised records
         rejected: list[dict[str, Any]] = []
+        max_event = self.settings.max_event_bytes
         for index, raw_event in enumerate(events):
             try:
                 record = normalize(
@@ -138,7 +244,10 @@ class Ingest:
                     ip=ip,
                     anonymize=project.anonymize_ip,
                 )
+                record["geo"] = self.geo.lookup(record["ip"])
                 value = orjson.dumps(record)
+                if len(value) > max_event:
+                    raise InvalidEvent("event", f"larger than {max_event} bytes once stored; trim properties")
             except orjson.JSONEncodeError:
                 problem = InvalidEvent("event", UNSTORABLE)
             except InvalidEvent as invalid:
@@ -150,8 +259,10 @@ class Ingest:
             REJECTED.labels(problem.field).inc()
             dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
             packs.setdefault(project.id.encode(), []).append(orjson.dumps(dead))
-        records = [(key, value) for key, values in packs.items() for value in pack(values)]
+        return [(key, value) for key, values in packs.items() for value in pack(values)], rejected
 
+    async def _append(self, records: list[tuple[bytes, bytes]], cors: dict[str, str]) -> Response | None:
+        """None once durable; a 503 with Retry-After when the log cannot take them."""
         started = time.perf_counter()
         try:
             await self.writer.append(records)
@@ -160,9 +271,35 @@ class Ingest:
             return _error(
                 503,
                 "event log unavailable, nothing was stored; retry later",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                {"Retry-After": str(RETRY_AFTER_SECONDS), **cors},
             )
         APPEND_SECONDS.observe(time.perf_counter() - started)
-        accepted = len(events) - len(rejected)
-        ACCEPTED.inc(accepted)
-        return _json(200, {"accepted": accepted, "rejected": rejected})
+        return None
+
+
+PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
+_PIXEL_TOP = {"type", "name", "anonymous_id", "user_id", "event_id", "timestamp", "channel"}
+
+
+def pixel_event(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Query parameters to an event: top-level fields, ``url``/``referrer``/``title`` as page context,
+    and dotted names (``properties.plan``, ``timing.response_ms``) as nested values."""
+    event: dict[str, Any] = {"type": "page"}
+    for key, value in items:
+        if key in _PIXEL_TOP:
+            event[key] = value
+        elif key in ("url", "referrer", "title", "path"):
+            page = event.setdefault("context", {}).setdefault("page", {})
+            page[key] = value
+            if key == "url" and "path" not in page:
+                page["path"] = urlparse(value).path
+        elif key.startswith(("properties.", "timing.")) and key.count(".") == 1:
+            group, name = key.split(".")
+            number: Any = value
+            if group == "timing":
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = value  # the validator names the field
+            event.setdefault(group, {})[name] = number
+    return event

@@ -52,6 +52,8 @@ def event_json(record: Mapping[str, Any]) -> bytes:
     source, medium, name = _campaign(context, url)
     timing = record.get("timing") or {}
     error = record.get("error") or {}
+    ua = record.get("ua") or {}
+    geo = record.get("geo") or {}
     return orjson.dumps(
         {
             "project": record["project"],
@@ -73,10 +75,15 @@ def event_json(record: Mapping[str, Any]) -> bytes:
             "campaign_medium": medium,
             "campaign_name": name,
             "user_agent": _str(context, "user_agent"),
-            "browser": _str(context, "browser", "name"),
-            "os": _str(context, "os", "name"),
-            "device_type": _str(context, "device", "type"),
-            "country": _str(context, "location", "country"),
+            "browser": _str(context, "browser", "name") or ua.get("browser", ""),
+            "browser_version": _str(context, "browser", "version") or ua.get("browser_version", ""),
+            "os": _str(context, "os", "name") or ua.get("os", ""),
+            "os_version": _str(context, "os", "version") or ua.get("os_version", ""),
+            "device_type": _str(context, "device", "type") or ua.get("device_type", ""),
+            "is_bot": 1 if ua.get("bot") else 0,
+            "country": _str(context, "location", "country") or geo.get("country", ""),
+            "region": _str(context, "location", "region") or geo.get("region", ""),
+            "city": _str(context, "location", "city") or geo.get("city", ""),
             "network": _str(context, "network", "effective_type") or _str(context, "network", "type"),
             "ip": record.get("ip", ""),
             "response_ms": timing.get("response_ms"),

@@ -1,0 +1,120 @@
+"""The web tracker served at ``GET /v1/tracker.js``: small, first-party, no third-party cookies.
+
+    <script src="https://collect.shop.example/v1/tracker.js" data-write-key="wk_..." defer></script>
+    touchpoint.track("Product Added", {sku: "A1"}); touchpoint.identify("user-42", {plan: "gold"})
+
+It sends page views (with navigation timing, LCP, INP and CLS), actions and
+JavaScript errors as batches through ``navigator.sendBeacon`` (``text/plain``, no
+preflight) with a fetch fallback. The anonymous id lives in the site's own
+localStorage (a first-party cookie when storage is blocked).
+"""
+
+from __future__ import annotations
+
+TRACKER_JS = r"""/* Touchpoint web tracker */
+(function (w, d) {
+  "use strict";
+  if (w.touchpoint && w.touchpoint.__loaded) return;
+  var script = d.currentScript || {};
+  var ds = script.dataset || {};
+  var cfg = {
+    writeKey: ds.writeKey || "",
+    host: ds.host || (script.src ? script.src.replace(/\/v1\/tracker\.js.*$/, "") : ""),
+    flushMs: 2000
+  };
+  var queue = [], userId = null, vitals = {lcp_ms: null, inp_ms: null, cls: 0};
+  function uuid() {
+    if (w.crypto && crypto.randomUUID) return crypto.randomUUID();
+    return "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx".replace(/[xy]/g, function (c) {
+      var r = Math.random() * 16 | 0; return (c === "x" ? r : (r & 3 | 8)).toString(16);
+    });
+  }
+  function anonymousId() {
+    var key = "tp_aid", id = null;
+    try { id = localStorage.getItem(key); } catch (e) {}
+    if (!id) { var m = d.cookie.match(/(?:^|; )tp_aid=([^;]+)/); id = m && m[1]; }
+    if (!id) id = uuid();
+    try { localStorage.setItem(key, id); } catch (e) {
+      d.cookie = key + "=" + id + "; path=/; max-age=31536000; SameSite=Lax";
+    }
+    return id;
+  }
+  var aid = anonymousId();
+  function context() {
+    var c = navigator.connection || {};
+    return {
+      page: {url: location.href, path: location.pathname, referrer: d.referrer, title: d.title,
+             search: location.search},
+      user_agent: navigator.userAgent, locale: navigator.language,
+      timezone: (Intl.DateTimeFormat().resolvedOptions() || {}).timeZone,
+      screen: {width: screen.width, height: screen.height},
+      network: {type: c.type, effective_type: c.effectiveType}
+    };
+  }
+  function push(type, name, properties, extra) {
+    var e = {event_id: uuid(), type: type, name: name || "", anonymous_id: aid, timestamp: new Date().toISOString(),
+             properties: properties || {}, context: context()};
+    if (userId) e.user_id = userId;
+    for (var k in extra || {}) e[k] = extra[k];
+    queue.push(e);
+    if (queue.length >= 20) flush();
+  }
+  function flush() {
+    if (!queue.length || !cfg.writeKey) return;
+    var body = JSON.stringify({sent_at: new Date().toISOString(), events: queue.splice(0, 50)});
+    var url = cfg.host + "/v1/batch?beacon=1&write_key=" + encodeURIComponent(cfg.writeKey);
+    if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
+      fetch(url, {method: "POST", body: body, keepalive: true, headers: {"Content-Type": "text/plain"}});
+    }
+    if (queue.length) flush();
+  }
+  function timing() {
+    var nav = (performance.getEntriesByType && performance.getEntriesByType("navigation")[0]) || {};
+    var t = {};
+    if (nav.responseStart) t.ttfb_ms = Math.round(nav.responseStart);
+    if (nav.loadEventEnd) t.load_ms = Math.round(nav.loadEventEnd);
+    if (nav.domInteractive) t.response_ms = Math.round(nav.domInteractive);
+    if (vitals.lcp_ms !== null) t.lcp_ms = Math.round(vitals.lcp_ms);
+    if (vitals.inp_ms !== null) t.inp_ms = Math.round(vitals.inp_ms);
+    t.cls = Math.round(vitals.cls * 1000) / 1000;
+    return t;
+  }
+  function observe(type, fn) {
+    try { new PerformanceObserver(function (l) { l.getEntries().forEach(fn); }).observe({type: type, buffered: true}); }
+    catch (e) {}
+  }
+  observe("largest-contentful-paint", function (e) { vitals.lcp_ms = e.startTime; });
+  observe("event", function (e) { vitals.inp_ms = Math.max(vitals.inp_ms || 0, e.duration); });
+  observe("layout-shift", function (e) { if (!e.hadRecentInput) vitals.cls += e.value; });
+  w.addEventListener("error", function (ev) {
+    push("track", "Error", {source: ev.filename, line: ev.lineno},
+         {error: {kind: "js", message: String(ev.message), fatal: false}});
+  });
+  w.addEventListener("unhandledrejection", function (ev) {
+    push("track", "Error", {}, {error: {kind: "js", message: String(ev.reason), fatal: false}});
+  });
+  var sentVitals = false;
+  function pageEnd() {
+    if (!sentVitals) { sentVitals = true; push("track", "Page Timing", {path: location.pathname}, {timing: timing()}); }
+    flush();
+  }
+  d.addEventListener("visibilitychange", function () { if (d.visibilityState === "hidden") pageEnd(); });
+  w.addEventListener("pagehide", pageEnd);
+  setInterval(flush, cfg.flushMs);
+  var api = {
+    __loaded: true,
+    init: function (options) { for (var k in options) cfg[k] = options[k]; return api; },
+    page: function (name, properties) { push("page", name || d.title, properties, {timing: timing()}); },
+    track: function (name, properties, timingMs) {
+      push("track", name, properties, timingMs ? {timing: {response_ms: timingMs}} : {});
+    },
+    identify: function (id, traits) { userId = String(id); push("identify", "", traits); flush(); },
+    reset: function () { userId = null; try { localStorage.removeItem("tp_aid"); } catch (e) {} aid = anonymousId(); },
+    flush: flush
+  };
+  w.touchpoint = api;
+  if (ds.autoPage !== "false") {
+    if (d.readyState === "complete") api.page(); else w.addEventListener("load", function () { api.page(); });
+  }
+})(window, document);
+"""

@@ -1,0 +1,203 @@
+"""Collection details through the real HTTP path: pixel, tracker, CORS, beacons, prefix, limits."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.harness import OTHER_WRITE_KEY, WRITE_KEY, Proc, journey_with, new_proc
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = new_proc(
+        "up",
+        tmp_path_factory.mktemp("collect"),
+        TOUCHPOINT_COLLECT_PREFIX="/t",
+        TOUCHPOINT_MAX_BATCH_EVENTS="100",
+        TOUCHPOINT_MAX_EVENT_BYTES="4096",
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def test_pixel_records_one_event(up: Proc) -> None:
+    dev, eid = uid("px"), uid("e")
+    r = httpx.get(
+        f"{up.url}/v1/pixel.gif",
+        params={
+            "write_key": WRITE_KEY,
+            "type": "page",
+            "name": "Newsletter",
+            "anonymous_id": dev,
+            "event_id": eid,
+            "url": "https://shop.example/mail/open?utm_source=news",
+            "properties.issue": "42",
+            "timing.response_ms": "120",
+        },
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif" and r.content.startswith(b"GIF89a")
+    event = journey_with(up, dev, {eid})["sessions"][0]["events"][0]
+    assert event["path"] == "/mail/open" and event["properties"] == {"issue": "42"}
+    assert event["timing"] == {"response_ms": 120.0}
+    assert httpx.get(f"{up.url}/v1/pixel.gif", params={"write_key": "nope"}).status_code == 401
+    bad = httpx.get(f"{up.url}/v1/pixel.gif", params={"write_key": WRITE_KEY, "type": "page"})
+    assert bad.status_code == 200 and bad.headers["x-touchpoint-rejected"].startswith("anonymous_id:")
+
+
+def test_tracker_js_is_served(up: Proc) -> None:
+    r = httpx.get(f"{up.url}/v1/tracker.js")
+    assert r.status_code == 200 and "javascript" in r.headers["content-type"]
+    assert "sendBeacon" in r.text and "/v1/batch?beacon=1" in r.text and "tp_aid" in r.text
+    assert httpx.get(f"{up.url}/t/v1/tracker.js").text == r.text
+
+
+def test_cors_preflight_and_response_headers(up: Proc) -> None:
+    origin = "https://shop.example"
+    pre = httpx.options(
+        f"{up.url}/v1/batch",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == origin
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    # The 'other' project allows no origin at all.
+    denied = httpx.options(f"{up.url}/v1/batch?write_key={OTHER_WRITE_KEY}", headers={"Origin": origin})
+    assert denied.status_code == 403 and "access-control-allow-origin" not in denied.headers
+    r = httpx.post(f"{up.url}/v1/batch", json={"events": []}, headers={"Origin": origin, "X-Write-Key": WRITE_KEY})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin
+
+
+def test_beacon_mode_text_plain_and_prefix(up: Proc) -> None:
+    dev, e1, e2 = uid("bc"), uid("e"), uid("e")
+    body = orjson.dumps({"events": [{"event_id": e1, "type": "page", "anonymous_id": dev}]})
+    r = httpx.post(
+        f"{up.url}/v1/batch?beacon=1&write_key={WRITE_KEY}",
+        content=body,
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
+    assert r.status_code == 204 and r.content == b""
+    r = httpx.post(
+        f"{up.url}/t/v1/batch",
+        json={"events": [{"event_id": e2, "type": "page", "anonymous_id": dev}]},
+        headers={"X-Write-Key": WRITE_KEY},
+    )
+    assert r.status_code == 200  # first-party collection under the configured prefix
+    journey_with(up, dev, {e1, e2})
+
+
+def test_gzip_without_header_and_decompression_bombs(up: Proc) -> None:
+    dev, eid = uid("gz"), uid("e")
+    gz = gzip.compress(orjson.dumps({"events": [{"event_id": eid, "type": "page", "anonymous_id": dev}]}))
+    r = httpx.post(f"{up.url}/v1/batch", content=gz, headers={"X-Write-Key": WRITE_KEY})
+    assert r.status_code == 200 and r.json()["accepted"] == 1
+    bomb = gzip.compress(b"[" + b" " * (50 << 20) + b"]")
+    assert len(bomb) < 100_000
+    r = httpx.post(f"{up.url}/v1/batch", content=bomb, headers={"X-Write-Key": WRITE_KEY, "Content-Encoding": "gzip"})
+    assert r.status_code == 413 and "decompressed" in r.json()["error"]
+    journey_with(up, dev, {eid})
+
+
+def test_limits_answer_clearly(up: Proc) -> None:
+    too_many = [{"type": "page", "anonymous_id": "x"}] * 101
+    r = httpx.post(f"{up.url}/v1/batch", json={"events": too_many}, headers={"X-Write-Key": WRITE_KEY})
+    assert r.status_code == 413 and r.json()["error"].startswith("events: more than 100")
+    dev, eid = uid("lim"), uid("e")
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(20):
+        node["d"] = {}
+        node = node["d"]  # type: ignore[assignment]
+    events = [
+        {"type": "page", "anonymous_id": dev, "properties": {"blob": "x" * 5000}},
+        {"type": "page", "anonymous_id": dev, "properties": deep},
+        {"event_id": eid, "type": "page", "anonymous_id": dev},
+    ]
+    r = httpx.post(f"{up.url}/v1/batch", json={"events": events}, headers={"X-Write-Key": WRITE_KEY})
+    assert r.status_code == 200
+    errors = {x["index"]: x["error"] for x in r.json()["rejected"]}
+    assert errors[0].startswith("event: larger than 4096 bytes")
+    assert errors[1].startswith("properties: nested deeper than 16")
+    assert r.json()["accepted"] == 1
+    journey_with(up, dev, {eid})
+
+
+def test_bad_prefix_is_a_clear_config_error(tmp_path: Path) -> None:
+    proc = new_proc("up", tmp_path / "badprefix", TOUCHPOINT_COLLECT_PREFIX="/t?x")
+    proc.start(wait=False)
+    assert proc.proc is not None and proc.proc.wait(60) == 2
+    assert "TOUCHPOINT_COLLECT_PREFIX" in proc.logs[-1].read_text()
+
+
+def test_rejected_events_are_listed_for_operators(up: Proc) -> None:
+    import subprocess
+    import sys
+
+    from tests.harness import API_KEY, wait_for
+
+    marker = uid("dead")
+    r = httpx.post(
+        f"{up.url}/v1/batch",
+        json={"events": [{"type": "track", "anonymous_id": marker}]},
+        headers={"X-Write-Key": WRITE_KEY},
+    )
+    assert r.json()["rejected"] == [{"index": 0, "error": "name: required for track events"}]
+
+    def listed() -> dict[str, object] | None:
+        items = httpx.get(f"{up.url}/v1/rejected", headers={"Authorization": f"Bearer {API_KEY}"}).json()["rejected"]
+        return next(
+            (i for i in items if isinstance(i["payload"], dict) and i["payload"].get("anonymous_id") == marker), None
+        )
+
+    item = wait_for(listed, 30, "the dead letter to be listed")
+    assert item["error"] == "name: required for track events" and item["index"] == 0
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "rejected", "--limit", "50"],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert marker in out.stdout
+
+
+def test_enrichment_user_agent_country_and_anonymised_ip(up: Proc) -> None:
+    dev, eid = uid("enr"), uid("e")
+    iphone = (
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/18.1 Mobile/15E148 Safari/604.1"
+    )
+    r = httpx.post(
+        f"{up.url}/v1/batch",
+        json={
+            "events": [
+                {
+                    "event_id": eid,
+                    "type": "page",
+                    "anonymous_id": dev,
+                    "context": {"user_agent": iphone, "page": {"path": "/"}},
+                }
+            ]
+        },
+        # uvicorn trusts X-Forwarded-For from 127.0.0.1 (FORWARDED_ALLOW_IPS), as behind a local proxy.
+        headers={"X-Write-Key": WRITE_KEY, "X-Forwarded-For": "81.2.69.160"},
+    )
+    assert r.status_code == 200
+    session = journey_with(up, dev, {eid})["sessions"][0]
+    assert session["channel"] == "mobile_web"
+    assert (session["browser"], session["os"], session["device"]["type"]) == ("Mobile Safari", "iOS", "mobile")
+    assert session["country"] == "GB"
