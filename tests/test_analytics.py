@@ -147,3 +147,68 @@ def test_projects_are_isolated(loaded: tuple[Proc, Traffic]) -> None:
     other = api(proc, "/v1/abandonment", {"goal": GOAL}, key=OTHER_API_KEY).json()
     assert other["journeys"] == 0
     assert api(proc, "/v1/abandonment", {"goal": GOAL}, key="wk_test_shop").status_code == 401
+
+
+FUNNEL = ["Home", "Search", "Product", "Product Added", "Cart", "Checkout", GOAL]
+
+
+def _events_by_person(traffic: Traffic) -> dict[str, list[tuple[int, str, str]]]:
+    """(true time, event_id, name) per person, each event once."""
+    person_of_device = {d: t.person_id for t in traffic.truths for d in t.devices}
+    seen: set[str] = set()
+    out: dict[str, list[tuple[int, str, str]]] = {}
+    for batch in traffic.batches:
+        for e in batch.events:
+            if e["event_id"] in seen:
+                continue
+            seen.add(e["event_id"])
+            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            out.setdefault(person_of_device[e["anonymous_id"]], []).append((ts, e["event_id"], e.get("name", "")))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def _window_funnel(events: list[tuple[int, str, str]], steps: list[str], window_ms: int) -> list[int]:
+    """The oracle: the longest in-order chain starting at any step-1 event, within the window."""
+    best: list[int] = []
+    for i, (start, _, name) in enumerate(events):
+        if name != steps[0]:
+            continue
+        times = [start]
+        for ts, _, other in events[i + 1 :]:
+            if ts > start + window_ms or len(times) == len(steps):
+                break
+            if other == steps[len(times)]:
+                times.append(ts)
+        if len(times) > len(best):
+            best = times
+    return best
+
+
+def test_funnel_matches_a_window_funnel_oracle(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    r = api(proc, "/v1/funnels", {"steps": FUNNEL, "window_seconds": 86400})
+    assert r.status_code == 200, r.text
+    steps = r.json()["steps"]
+    chains = [_window_funnel(evs, FUNNEL, 86_400_000) for evs in _events_by_person(traffic).values()]
+    expected = [sum(1 for c in chains if len(c) >= k) for k in range(1, len(FUNNEL) + 1)]
+    assert [s["count"] for s in steps] == expected
+    assert [s["step"] for s in steps] == FUNNEL
+    assert steps[-1]["count"] == sum(t.converted for t in traffic.truths)
+    for k in range(1, len(FUNNEL)):
+        gaps = sorted((c[k] - c[k - 1]) / 1000 for c in chains if len(c) > k)
+        assert steps[k]["median_seconds_from_previous"] is not None
+        assert gaps[0] <= steps[k]["median_seconds_from_previous"] <= gaps[-1]
+        assert steps[k]["drop_off"] == steps[k - 1]["count"] - steps[k]["count"]
+        assert steps[k]["step_conversion_rate"] == pytest.approx(steps[k]["count"] / steps[k - 1]["count"])
+    assert steps[0]["conversion_rate"] == 1.0
+
+
+def test_funnel_breakdown_and_session_scope(loaded: tuple[Proc, Traffic]) -> None:
+    proc, _ = loaded
+    body = api(proc, "/v1/funnels", {"steps": ["Home", "Search"], "breakdown": "channel"}).json()
+    total = body["steps"][0]["count"]
+    assert sum(v[0]["count"] for v in body["breakdown"].values()) == total
+    sessions = api(proc, "/v1/funnels", {"steps": ["Home", "Search"], "scope": "session"}).json()
+    assert sessions["steps"][0]["count"] >= total
+    bad = api(proc, "/v1/funnels", {"steps": ["Home"]})
+    assert bad.status_code == 422 and "steps" in bad.text

@@ -269,3 +269,74 @@ def _num(value: Any) -> float | None:
         return None
     f = float(value)
     return None if f != f else f  # NaN (no values) → null
+
+
+def funnel(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    step_conds: list[str],
+    window_ms: int,
+    scope: str,
+    breakdown: str | None,
+    params: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """Units (journeys or sessions) reaching each step in order within the window of step 1.
+
+    Counts come from ClickHouse ``windowFunnel`` (its default semantics, as the contract says).
+    Times between steps come from the chain that reaches that level: for each of the first
+    starts, steps are taken greedily (earliest next match), which reaches the same level.
+    """
+    n = len(step_conds)
+    params.update(window_ms=window_ms)
+    unit = "person" if scope == "journey" else "session"
+    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+    conds = ", ".join(step_conds)
+    any_step = " OR ".join(step_conds)
+    fold = (
+        f"arrayFold((acc, x) -> if(acc.1 < {n} AND x.1 <= s.1 + {{window_ms:Int64}} AND x.2[acc.1 + 1]"
+        " AND (acc.1 = 0 OR x.1 >= acc.2[-1]), (toUInt8(acc.1 + 1), arrayPushBack(acc.2, x.1)), acc),"
+        " arrayFilter(x -> x.1 >= s.1, evs), (toUInt8(0), CAST([], 'Array(Int64)')))"
+    )
+    medians = ", ".join(
+        f"quantileExactIf(0.5)((best.2[{k}] - best.2[{k - 1}]) / 1000, length(best.2) >= {k}) AS m{k}"
+        for k in range(2, n + 1)
+    )
+    counts = ", ".join(f"countIf(level >= {k}) AS c{k}" for k in range(1, n + 1))
+    sql = f"""
+    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    units AS (
+        SELECT {unit} AS unit, {dim} AS dim,
+            windowFunnel({{window_ms:UInt64}})(toUInt64(ts), {conds}) AS level,
+            arraySort(x -> x.1, groupArrayIf((ts, [{conds}]), {any_step})) AS evs
+        FROM base GROUP BY unit
+    ),
+    chains AS (
+        SELECT dim, level,
+            arrayMap(s -> {fold}, arraySlice(arrayFilter(x -> x.2[1], evs), 1, 20)) AS tries,
+            arrayFirst(c -> c.1 = arrayMax(arrayMap(t -> t.1, tries)), tries) AS best
+        FROM units WHERE level > 0
+    )
+    SELECT dim, {counts}{", " + medians if medians else ""} FROM chains GROUP BY dim
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in wh.rows(sql, params):
+        first = row["c1"]
+        steps = []
+        for k in range(1, n + 1):
+            count = int(row[f"c{k}"])
+            previous = int(row[f"c{k - 1}"]) if k > 1 else count
+            steps.append(
+                {
+                    "count": count,
+                    "conversion_rate": count / first if first else None,
+                    "step_conversion_rate": count / previous if previous else None,
+                    "conversion_rate_ci95": wilson(count, first),
+                    "drop_off": previous - count,
+                    "median_seconds_from_previous": _num(row.get(f"m{k}")) if k > 1 else None,
+                }
+            )
+        out[row["dim"]] = steps
+    return out

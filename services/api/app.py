@@ -12,11 +12,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
-from .analytics import abandonment, correlations
+from .analytics import abandonment, correlations, funnel
 from .auth import project_for
 from .journeys import iso, load_journey, ms
-from .models import AbandonmentRequest, CorrelationRequest, TimeRange
-from .steps import step_condition
+from .models import AbandonmentRequest, CorrelationRequest, FunnelRequest, TimeRange
+from .steps import step_condition, step_label
 
 
 def _time(value: str | None, field: str, default: datetime) -> int:
@@ -37,6 +37,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/funnels",
+            self.funnels,
+            methods=["POST"],
+            tags=["query"],
+            summary="How many journeys (or sessions) reach each step in order within the window",
+        )
         self.router.add_api_route(
             "/v1/rejected",
             self.rejected,
@@ -143,6 +150,50 @@ class QueryApi:
                 raise HTTPException(422, "goal: required (the project has no default goals)")
             goal = project.goals[0]
         return step_condition(goal, "goal", params, "goal")
+
+    async def funnels(self, request: Request, body: FunnelRequest) -> dict[str, Any]:
+        """Counts per step with conversion from step 1 and from the previous step, drop-off and
+        the median time from the previous step (ClickHouse ``windowFunnel`` semantics)."""
+        project = project_for(request, self.projects)
+        start, end = self._range(body)
+        params: dict[str, Any] = {}
+        conds = [step_condition(step, f"s{i}", params, f"steps[{i}]") for i, step in enumerate(body.steps)]
+        labels = [step_label(step) for step in body.steps]
+
+        def run(breakdown: str | None) -> dict[str, list[dict[str, Any]]]:
+            return funnel(
+                self.warehouse,
+                project.id,
+                start,
+                end,
+                project.session_timeout_minutes,
+                conds,
+                body.window_seconds * 1000,
+                body.scope,
+                breakdown,
+                dict(params),
+            )
+
+        def labelled(steps: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+            if steps is None:
+                steps = [
+                    {
+                        "count": 0,
+                        "conversion_rate": None,
+                        "step_conversion_rate": None,
+                        "conversion_rate_ci95": None,
+                        "drop_off": 0,
+                        "median_seconds_from_previous": None,
+                    }
+                    for _ in labels
+                ]
+            return [{"step": label, **step} for label, step in zip(labels, steps, strict=True)]
+
+        out: dict[str, Any] = {"steps": labelled((await asyncio.to_thread(run, None)).get(""))}
+        if body.breakdown:
+            by = await asyncio.to_thread(run, body.breakdown)
+            out["breakdown"] = {value: labelled(steps) for value, steps in sorted(by.items())}
+        return out
 
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""

@@ -68,3 +68,26 @@ class CorrelationRequest(TimeRange):
         if any(v <= 0 for v in value) or value != sorted(set(value)):
             raise ValueError("bucket edges must be positive and strictly increasing")
         return value
+
+
+class FunnelRequest(TimeRange):
+    steps: list[Step] = Field(min_length=2, max_length=20)
+    scope: Scope = "journey"
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "steps": [
+                    {"type": "page", "path": "/"},
+                    "Products Searched",
+                    {"type": "page", "path": "/cart"},
+                    "Order Completed",
+                ],
+                "window_seconds": 86400,
+                "scope": "journey",
+                "breakdown": "channel",
+            }
+        },
+    )
