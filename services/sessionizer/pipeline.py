@@ -105,7 +105,7 @@ class Pipeline:
         warehouse: Warehouse,
         max_events: int,
         max_seconds: float,
-        max_bytes: int = 32 << 20,
+        max_bytes: int = 8 << 20,
     ) -> None:
         self.reader = reader
         self.warehouse = warehouse

@@ -20,7 +20,9 @@ class Sessionizer:
     def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse) -> None:
         self.reader = reader
         self.warehouse = warehouse
-        self.pipeline = Pipeline(reader, warehouse, settings.batch_max_events, settings.batch_max_seconds)
+        self.pipeline = Pipeline(
+            reader, warehouse, settings.batch_max_events, settings.batch_max_seconds, settings.batch_max_bytes
+        )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
