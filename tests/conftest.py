@@ -19,6 +19,15 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def start_broker() -> kafka_broker.Broker:
+    """A new real broker, or a failure (CI) / skip (elsewhere) that says why there is none."""
+    try:
+        return kafka_broker.start()
+    except kafka_broker.BrokerError as exc:
+        unavailable(f"cannot start the Kafka broker: {exc}")
+        raise
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[kafka_broker.Broker | str]:
     """A real Kafka broker: TOUCHPOINT_TEST_KAFKA_BOOTSTRAP if set, else one started here."""
@@ -26,11 +35,7 @@ def kafka() -> Iterator[kafka_broker.Broker | str]:
     if external:
         yield external
         return
-    try:
-        broker = kafka_broker.start()
-    except kafka_broker.BrokerError as exc:
-        unavailable(f"cannot start the Kafka broker: {exc}")
-        raise
+    broker = start_broker()
     try:
         yield broker
     finally:

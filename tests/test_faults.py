@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from services.testing import kafka_broker
-from tests.conftest import unavailable
+from tests.conftest import start_broker, unavailable
 from tests.faults import (
     BackgroundLoad,
     assert_exact_accounting,
@@ -62,11 +62,7 @@ def test_sessionizer_sigkilled_mid_batch(kafka: kafka_broker.Broker | str, tmp_p
 
 @pytest.mark.kafka
 def test_kafka_broker_sigkilled_and_restarted_during_load(tmp_path: Path) -> None:
-    try:
-        broker = kafka_broker.start()
-    except kafka_broker.BrokerError as exc:
-        unavailable(f"cannot start a Kafka broker: {exc}")
-        raise
+    broker = start_broker()
     try:
         env = kafka_env(broker, "bkill")
         proc = new_proc("up", tmp_path / "bkill", TOUCHPOINT_PRODUCE_TIMEOUT_SECONDS="2", **env).start()

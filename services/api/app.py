@@ -19,16 +19,25 @@ from .models import AbandonmentRequest, CorrelationRequest, FunnelRequest, TimeR
 from .steps import step_condition, step_label
 
 
-def _time(value: str | None, field: str, default: datetime) -> int:
+def time_range(from_: str | datetime | None, to: str | datetime | None) -> tuple[int, int]:
+    """The contract's defaults (from: 7 days ago, to: now) as epoch ms; 422 naming the field."""
+    now = datetime.now(UTC)
+    start = _instant(from_, "from", now - timedelta(days=7))
+    end = _instant(to, "to", now + timedelta(seconds=1))
+    if start >= end:
+        raise HTTPException(422, "from: must be before to")
+    return start, end
+
+
+def _instant(value: str | datetime | None, field: str, default: datetime) -> int:
     if value is None:
         return ms(default)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise HTTPException(422, f"{field}: not an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return ms(parsed)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise HTTPException(422, f"{field}: not an ISO 8601 time") from None
+    return ms(value if value.tzinfo else value.replace(tzinfo=UTC))
 
 
 class QueryApi:
@@ -92,11 +101,7 @@ class QueryApi:
     ) -> dict[str, Any]:
         """The person behind a user id or anonymous id, with their sessions in time order."""
         project = project_for(request, self.projects)
-        now = datetime.now(UTC)
-        start = _time(from_, "from", now - timedelta(days=7))
-        end = _time(to, "to", now + timedelta(seconds=1))
-        if start >= end:
-            raise HTTPException(422, "from: must be before to")
+        start, end = time_range(from_, to)
         journey = await asyncio.to_thread(
             load_journey, self.warehouse, project.id, identifier, start, end, project.session_timeout_minutes
         )
@@ -113,9 +118,7 @@ class QueryApi:
     ) -> dict[str, Any]:
         """The newest rejected events of the key's project, each with the field at fault."""
         project = project_for(request, self.projects)
-        now = datetime.now(UTC)
-        start = _time(from_, "from", now - timedelta(days=7))
-        end = _time(to, "to", now + timedelta(seconds=1))
+        start, end = time_range(from_, to)
         rows = await asyncio.to_thread(
             self.warehouse.rows,
             "SELECT received_at, batch_index, error, payload FROM rejected_events "
@@ -136,12 +139,7 @@ class QueryApi:
         }
 
     def _range(self, body: TimeRange) -> tuple[int, int]:
-        now = datetime.now(UTC)
-        start = ms(_aware(body.from_) if body.from_ else now - timedelta(days=7))
-        end = ms(_aware(body.to) if body.to else now + timedelta(seconds=1))
-        if start >= end:
-            raise HTTPException(422, "from: must be before to")
-        return start, end
+        return time_range(body.from_, body.to)
 
     @staticmethod
     def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
@@ -262,10 +260,6 @@ def _maybe_json(text: str) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _empty_abandonment() -> dict[str, Any]:
