@@ -42,6 +42,15 @@ def test_health_and_metrics(up: Proc) -> None:
     metrics = httpx.get(f"{up.url}/metrics").text
     assert "touchpoint_ingest_events_accepted_total" in metrics
     assert "touchpoint_sessionizer_batch_write_seconds" in metrics
+    for name in (
+        "touchpoint_ingest_requests_total",
+        "touchpoint_ingest_append_seconds_bucket",
+        "touchpoint_ingest_batch_events_bucket",
+        "touchpoint_ingest_in_flight_requests",
+        "touchpoint_ingest_events_rejected_total",
+        "touchpoint_sessionizer_consumer_lag",
+    ):
+        assert name in metrics, name
 
 
 def ago(minutes: float) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from services.core.eventlog import LogUnavailable, LogWriter
 from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms, partition_key, rejected_record
@@ -36,6 +36,12 @@ APPEND_SECONDS = Histogram(
     "Time for the event log to make a batch durable",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+BATCH_EVENTS = Histogram(
+    "touchpoint_ingest_batch_events",
+    "Events per accepted request",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10_000),
+)
+IN_FLIGHT = Gauge("touchpoint_ingest_in_flight_requests", "Requests waiting for the event log")
 RETRY_AFTER_SECONDS = 5
 PACK_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit
 UNSTORABLE = "holds a value that cannot be stored (an integer beyond 64 bits, or invalid text)"
@@ -167,6 +173,7 @@ class Ingest:
             return failure
         accepted = len(events) - len(rejected)
         ACCEPTED.inc(accepted)
+        BATCH_EVENTS.observe(len(events))
         if request.query_params.get("beacon") == "1":
             REQUESTS.labels("204").inc()
             return Response(status_code=204, headers=cors)
@@ -265,7 +272,8 @@ class Ingest:
         """None once durable; a 503 with Retry-After when the log cannot take them."""
         started = time.perf_counter()
         try:
-            await self.writer.append(records)
+            with IN_FLIGHT.track_inprogress():
+                await self.writer.append(records)
         except LogUnavailable as exc:
             log.warning("event log unavailable; answering 503", extra={"error": str(exc)[:300]})
             return _error(
