@@ -212,3 +212,41 @@ def test_funnel_breakdown_and_session_scope(loaded: tuple[Proc, Traffic]) -> Non
     assert sessions["steps"][0]["count"] >= total
     bad = api(proc, "/v1/funnels", {"steps": ["Home"]})
     assert bad.status_code == 422 and "steps" in bad.text
+
+
+def _labelled_events(traffic: Traffic) -> dict[str, list[tuple[int, str, str, str]]]:
+    """(true time, event_id, label, channel) per person, identify calls left out."""
+    person_of_device = {d: t.person_id for t in traffic.truths for d in t.devices}
+    seen: set[str] = set()
+    out: dict[str, list[tuple[int, str, str, str]]] = {}
+    for batch in traffic.batches:
+        for e in batch.events:
+            if e["event_id"] in seen or e["type"] == "identify":
+                continue
+            seen.add(e["event_id"])
+            path = e.get("context", {}).get("page", {}).get("path", "")
+            label = f"page {path}" if e["type"] == "page" else f"{e['type']} {e['name']}"
+            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            out.setdefault(person_of_device[e["anonymous_id"]], []).append((ts, e["event_id"], label, e["channel"]))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def test_paths_around_the_cart_among_people_who_did_not_buy(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    r = api(proc, "/v1/paths", {"touchpoint": {"type": "page", "path": "/cart"}, "goal": GOAL, "limit": 100})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    following: Counter[tuple[str, str]] = Counter()
+    preceding: Counter[tuple[str, str]] = Counter()
+    for events in _labelled_events(traffic).values():
+        if any(label == f"track {GOAL}" for _, _, label, _ in events):
+            continue
+        for i, (_, _, label, _) in enumerate(events):
+            if label != "page /cart":
+                continue
+            following[events[i + 1][2:] if i + 1 < len(events) else ("(exit)", "")] += 1
+            preceding[events[i - 1][2:] if i > 0 else ("(entry)", "")] += 1
+    assert body["visits"] == sum(following.values()) > 0
+    assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["next"]} == dict(following)
+    assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["previous"]} == dict(preceding)
+    assert body["next"][0]["count"] == max(following.values())

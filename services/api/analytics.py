@@ -340,3 +340,61 @@ def funnel(
             )
         out[row["dim"]] = steps
     return out
+
+
+def paths(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    touchpoint_cond: str,
+    goal_cond: str | None,
+    scope: str,
+    limit: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """What came right before and right after each visit to a touchpoint.
+
+    With a goal, only units (journeys or sessions) that never reached it count: what people did
+    instead of converting. The end of a unit shows as ``(exit)``, its start as ``(entry)``.
+    """
+    params.update(limit=limit)
+    sql = f"""
+    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    {units_sql(scope, goal_cond or "0", touchpoint_cond, "response_ms", None)},
+    touchpoints AS (  -- identify calls are not touchpoints
+        SELECT arrayFilter(x -> x.8 != 'identify', evs) AS evs FROM units
+        WHERE {"NOT arrayExists(x -> x.6, evs)" if goal_cond else "1"}
+    ),
+    visits AS (
+        SELECT i, evs FROM touchpoints ARRAY JOIN arrayFilter(i -> evs[i].7, arrayEnumerate(evs)) AS i
+    ),
+    around AS (
+        SELECT 'next' AS direction,
+            if(i = length(evs), '(exit)', evs[i + 1].2) AS touchpoint,
+            if(i = length(evs), '', evs[i + 1].3) AS channel
+        FROM visits
+        UNION ALL
+        SELECT 'previous', if(i = 1, '(entry)', evs[i - 1].2), if(i = 1, '', evs[i - 1].3) FROM visits
+    )
+    SELECT direction, touchpoint, channel, count() AS n,
+        sum(count()) OVER (PARTITION BY direction) AS visits
+    FROM around GROUP BY direction, touchpoint, channel
+    ORDER BY direction, n DESC, touchpoint, channel
+    LIMIT {{limit:UInt32}} BY direction
+    """
+    out: dict[str, Any] = {"visits": 0, "next": [], "previous": []}
+    for row in wh.rows(sql, params):
+        out["visits"] = int(row["visits"])
+        share = row["n"] / row["visits"] if row["visits"] else None
+        out[row["direction"]].append(
+            {
+                "touchpoint": row["touchpoint"],
+                "channel": row["channel"],
+                "count": int(row["n"]),
+                "share": share,
+                "share_ci95": wilson(int(row["n"]), int(row["visits"])),
+            }
+        )
+    return out

@@ -12,10 +12,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
-from .analytics import abandonment, correlations, funnel
+from .analytics import abandonment, correlations, funnel, paths
 from .auth import project_for
 from .journeys import iso, load_journey, ms
-from .models import AbandonmentRequest, CorrelationRequest, FunnelRequest, TimeRange
+from .models import AbandonmentRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
 from .steps import step_condition, step_label
 
 
@@ -46,6 +46,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/paths",
+            self.paths,
+            methods=["POST"],
+            tags=["query"],
+            summary="The most common touchpoints right before and after a touchpoint",
+        )
         self.router.add_api_route(
             "/v1/funnels",
             self.funnels,
@@ -192,6 +199,28 @@ class QueryApi:
             by = await asyncio.to_thread(run, body.breakdown)
             out["breakdown"] = {value: labelled(steps) for value, steps in sorted(by.items())}
         return out
+
+    async def paths(self, request: Request, body: PathsRequest) -> dict[str, Any]:
+        """Next and previous touchpoints around each visit; with a goal, among those who never reached it."""
+        project = project_for(request, self.projects)
+        start, end = self._range(body)
+        params: dict[str, Any] = {}
+        visit = step_condition(body.touchpoint, "tp", params, "touchpoint")
+        goal = step_condition(body.goal, "goal", params, "goal") if body.goal is not None else None
+        result = await asyncio.to_thread(
+            paths,
+            self.warehouse,
+            project.id,
+            start,
+            end,
+            project.session_timeout_minutes,
+            visit,
+            goal,
+            body.scope,
+            body.limit,
+            params,
+        )
+        return {"touchpoint": step_label(body.touchpoint), **result}
 
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""

@@ -91,3 +91,16 @@ class FunnelRequest(TimeRange):
             }
         },
     )
+
+
+class PathsRequest(TimeRange):
+    touchpoint: Step
+    goal: Step | None = Field(None, description="when given, only journeys that never reached it")
+    scope: Scope = "journey"
+    limit: int = Field(10, ge=1, le=1000)
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"example": {"touchpoint": {"type": "page", "path": "/cart"}, "goal": "Order Completed"}},
+    )
