@@ -250,3 +250,30 @@ def test_paths_around_the_cart_among_people_who_did_not_buy(loaded: tuple[Proc, 
     assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["next"]} == dict(following)
     assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["previous"]} == dict(preceding)
     assert body["next"][0]["count"] == max(following.values())
+
+
+def test_behaviour_by_hour_and_weekday(loaded: tuple[Proc, Traffic]) -> None:
+    from datetime import UTC, datetime
+
+    proc, traffic = loaded
+    r = api(proc, "/v1/behaviour", {"goal": GOAL})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    # Each generated device makes one session; its hour is that of its first event.
+    first: dict[str, int] = {}
+    for batch in traffic.batches:
+        for e in batch.events:
+            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            first[e["anonymous_id"]] = min(first.get(e["anonymous_id"], ts), ts)
+    expected = Counter(datetime.fromtimestamp(ts / 1000, tz=UTC).hour for ts in first.values())
+    got: Counter[int] = Counter()
+    for row in body["by_hour"]:
+        got[row["hour"]] += row["sessions"]
+    assert got == expected
+    assert sum(row["converted"] for row in body["by_hour"]) == sum(t.converted for t in traffic.truths)
+    assert sum(row["sessions"] for row in body["by_weekday"]) == len(first)
+    assert all(1 <= row["weekday"] <= 7 for row in body["by_weekday"])
+    india = api(proc, "/v1/behaviour", {"goal": GOAL, "timezone": "Asia/Kolkata"}).json()
+    assert sum(row["sessions"] for row in india["by_hour"]) == len(first)
+    bad = api(proc, "/v1/behaviour", {"goal": GOAL, "timezone": "Mars/Olympus"})
+    assert bad.status_code == 422 and "timezone" in bad.text

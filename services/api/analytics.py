@@ -398,3 +398,49 @@ def paths(
             }
         )
     return out
+
+
+def behaviour(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    goal_cond: str,
+    timezone: str,
+    params: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """Sessions, events and conversion (the goal within the session) by hour of day and by
+    weekday of the session's start, per channel, in the given time zone."""
+    params.update(tz=timezone)
+    sql = f"""
+    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    sessions AS (
+        SELECT session, any(channel) AS channel, min(timestamp) AS started, count() AS events,
+               countIf({goal_cond}) > 0 AS converted
+        FROM base GROUP BY session
+    )
+    SELECT 'hour' AS by, toHour(toTimeZone(started, {{tz:String}})) AS slot, channel,
+           count() AS sessions, sum(events) AS events, countIf(converted) AS converted
+    FROM sessions GROUP BY slot, channel
+    UNION ALL
+    SELECT 'weekday', toDayOfWeek(toTimeZone(started, {{tz:String}})), channel,
+           count(), sum(events), countIf(converted)
+    FROM sessions GROUP BY 2, channel
+    """
+    out: dict[str, list[dict[str, Any]]] = {"by_hour": [], "by_weekday": []}
+    for r in sorted(wh.rows(sql, params), key=lambda r: (r["by"], r["slot"], r["channel"])):
+        n, converted = int(r["sessions"]), int(r["converted"])
+        key = "hour" if r["by"] == "hour" else "weekday"
+        out[f"by_{key}"].append(
+            {
+                key: int(r["slot"]),
+                "channel": r["channel"],
+                "sessions": n,
+                "events": int(r["events"]),
+                "converted": converted,
+                "conversion_rate": converted / n if n else None,
+                "ci95": wilson(converted, n),
+            }
+        )
+    return out

@@ -12,10 +12,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
-from .analytics import abandonment, correlations, funnel, paths
+from .analytics import abandonment, behaviour, correlations, funnel, paths
 from .auth import project_for
 from .journeys import iso, load_journey, ms
-from .models import AbandonmentRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
+from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
 from .steps import step_condition, step_label
 
 
@@ -46,6 +46,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/behaviour",
+            self.behaviour,
+            methods=["POST"],
+            tags=["query"],
+            summary="Activity and conversion by hour of day and weekday, per channel",
+        )
         self.router.add_api_route(
             "/v1/paths",
             self.paths,
@@ -221,6 +228,24 @@ class QueryApi:
             params,
         )
         return {"touchpoint": step_label(body.touchpoint), **result}
+
+    async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
+        """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""
+        project = project_for(request, self.projects)
+        start, end = self._range(body)
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        return await asyncio.to_thread(
+            behaviour,
+            self.warehouse,
+            project.id,
+            start,
+            end,
+            project.session_timeout_minutes,
+            goal,
+            body.timezone,
+            params,
+        )
 
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""

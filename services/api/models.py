@@ -104,3 +104,19 @@ class PathsRequest(TimeRange):
         extra="forbid",
         json_schema_extra={"example": {"touchpoint": {"type": "page", "path": "/cart"}, "goal": "Order Completed"}},
     )
+
+
+class BehaviourRequest(TimeRange):
+    goal: Step | None = Field(None, description="default: the project's first goal")
+    timezone: str = Field("UTC", description="IANA time zone for hours and weekdays")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
