@@ -34,7 +34,7 @@ async def test_torn_tail_is_cut_on_reopen(tmp_path: Path) -> None:
     await log.start()
     await log.append([(b"k", b"complete")])
     await log.stop()
-    with open(tmp_path / "events.log", "ab") as f:
+    with open(tmp_path / "events-00000000000000000000.log", "ab") as f:
         f.write(b"\x40\x00\x00\x00garbage-of-a-crash")  # a header promising more than is there
     log = EmbeddedLog(tmp_path)
     await log.start()
@@ -57,4 +57,36 @@ async def test_poll_waits_for_new_appends(tmp_path: Path) -> None:
     await log.append([(b"k", b"late")])
     records = await asyncio.wait_for(waiter, 2)
     assert [r.value for r in records] == [b"late"]
+    await log.stop()
+
+
+async def test_segments_roll_are_read_across_and_deleted_once_committed(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path, segment_bytes=1000)
+    await log.start()
+    values = [f"value-{i:04d}".encode() * 10 for i in range(60)]  # ~110 bytes framed each
+    for i in range(0, 60, 3):
+        await log.append([(b"k", v) for v in values[i : i + 3]])
+    assert len(log.segments()) > 3, log.segments()
+    reader = log.reader("g")
+    await reader.start()
+    got: list[bytes] = []
+    while len(got) < 30:
+        got += [r.value for r in await reader.poll(min(7, 30 - len(got)), 0.1)]
+    assert got == values[:30]
+    before = len(list(tmp_path.glob("events-*.log")))
+    batch = await reader.poll(1, 0.1)
+    await reader.commit(batch)
+    after = list(tmp_path.glob("events-*.log"))
+    assert len(after) < before, "segments below the committed offset are deleted"
+    await log.stop()
+
+    log = EmbeddedLog(tmp_path, segment_bytes=1000)  # restart: resume after the commit, in a later segment
+    await log.start()
+    await log.append([(b"k", b"after-restart")])
+    reader = log.reader("g")
+    await reader.start()
+    rest: list[bytes] = []
+    while not rest or rest[-1] != b"after-restart":
+        rest += [r.value for r in await reader.poll(100, 0.1)]
+    assert rest == values[31:] + [b"after-restart"]
     await log.stop()

@@ -2,9 +2,14 @@
 
 Why: a single process must still be able to answer 200 only once an event is
 safe. Appends are framed (length, CRC32, key, value), written by one writer task
-that groups concurrent requests into one ``fsync``; a torn tail left by a crash
-is cut off when the log reopens. Offsets are byte positions; the consumer's
-offset is persisted atomically (write, fsync, rename) after each commit.
+that groups concurrent requests into one ``fdatasync``; a torn tail left by a
+crash is cut off when the log reopens.
+
+The log is a series of segment files named by the global byte offset they start
+at (``events-00000000000000000000.log``). Offsets are global byte positions; the
+consumer's offset is persisted atomically (write, fsync, rename) after each
+commit, and segments wholly below it are deleted, so the log does not grow
+without bound.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from .base import LogRecord, LogUnavailable
 
 _HEADER = struct.Struct("<IIH")  # payload length, crc32(payload), key length
 MAX_PENDING_BYTES = 64 << 20  # back-pressure: appends wait beyond this
+SEGMENT_BYTES = 128 << 20  # roll to a new segment file beyond this
 
 
 def _frame(key: bytes, value: bytes) -> bytes:
@@ -53,11 +59,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 class EmbeddedLog:
-    """One append-only file; one writer and any number of in-process readers."""
+    """Segment files; one writer and any number of in-process readers."""
 
-    def __init__(self, directory: Path, name: str = "events") -> None:
+    def __init__(self, directory: Path, name: str = "events", segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
-        self.path = directory / f"{name}.log"
+        self.name = name
+        self.segment_bytes = segment_bytes
+        self._bases: list[int] = []  # start offsets of the segments, ascending
         self._fd: int | None = None
         self._durable_end = 0
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
@@ -72,16 +80,31 @@ class EmbeddedLog:
     def durable_end(self) -> int:
         return self._durable_end
 
+    def segment_path(self, base: int) -> Path:
+        return self.directory / f"{self.name}-{base:020d}.log"
+
+    def segments(self) -> list[int]:
+        return list(self._bases)
+
     async def start(self) -> None:
         if self._fd is not None:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path.touch(exist_ok=True)
-        valid = await asyncio.to_thread(_scan_valid_end, self.path)
-        if valid != self.path.stat().st_size:
-            os.truncate(self.path, valid)  # a crash mid-append left a torn frame
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._durable_end = valid
+        prefix = f"{self.name}-"
+        self._bases = sorted(
+            int(p.name[len(prefix) : -4])
+            for p in self.directory.glob(f"{self.name}-*.log")
+            if p.name[len(prefix) : -4].isdigit()
+        )
+        if not self._bases:
+            self._bases = [0]
+            self.segment_path(0).touch()
+        active = self.segment_path(self._bases[-1])
+        valid = await asyncio.to_thread(_scan_valid_end, active)
+        if valid != active.stat().st_size:
+            os.truncate(active, valid)  # a crash mid-append left a torn frame
+        self._fd = os.open(active, os.O_WRONLY | os.O_APPEND)
+        self._durable_end = self._bases[-1] + valid
         self._space.set()
         self._task = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
 
@@ -100,7 +123,7 @@ class EmbeddedLog:
 
     async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         if not self.healthy():
-            raise LogUnavailable(f"embedded log at {self.path} is not writable: {self._failed}")
+            raise LogUnavailable(f"embedded log in {self.directory} is not writable: {self._failed}")
         while self._pending_bytes > MAX_PENDING_BYTES:
             self._space.clear()
             await self._space.wait()
@@ -111,9 +134,20 @@ class EmbeddedLog:
         self._wakeup.set()
         await future
 
-    async def _write_loop(self) -> None:
+    def _roll_if_full(self) -> None:
+        """Start a new segment at the durable end once the active one is full."""
         assert self._fd is not None
-        fd = self._fd
+        if self._durable_end - self._bases[-1] < self.segment_bytes:
+            return
+        base = self._durable_end
+        path = self.segment_path(base)
+        path.touch()
+        _fsync_dir(self.directory)
+        os.close(self._fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._bases.append(base)
+
+    async def _write_loop(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -122,7 +156,9 @@ class EmbeddedLog:
                 continue
             blob = b"".join(b for b, _ in batch)
             try:
-                await asyncio.to_thread(_write_and_sync, fd, blob)
+                self._roll_if_full()
+                assert self._fd is not None
+                await asyncio.to_thread(_write_and_sync, self._fd, blob)
             except OSError as exc:
                 self._failed = exc
                 for _, fut in batch:
@@ -146,6 +182,26 @@ class EmbeddedLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._grown.wait_for(lambda: self._durable_end > position), timeout_s)
 
+    def locate(self, position: int) -> tuple[int, int]:
+        """The segment holding ``position`` and where that segment ends (the durable end for the last)."""
+        for i, base in enumerate(self._bases):
+            end = self._bases[i + 1] if i + 1 < len(self._bases) else self._durable_end
+            if base <= position < end or (position == end and i + 1 == len(self._bases)):
+                return base, end
+        raise LogUnavailable(
+            f"offset {position} is not in the embedded log (segments start at {self._bases[:3]}...); "
+            "remove the offset file to re-read what is left"
+        )
+
+    def release(self, position: int) -> list[int]:
+        """Delete segments wholly below ``position`` (everything in them is committed)."""
+        removed = []
+        while len(self._bases) > 1 and self._bases[1] <= position:
+            base = self._bases.pop(0)
+            self.segment_path(base).unlink(missing_ok=True)
+            removed.append(base)
+        return removed
+
     def reader(self, group: str) -> EmbeddedLogReader:
         return EmbeddedLogReader(self, group)
 
@@ -163,19 +219,15 @@ class EmbeddedLogReader:
 
     def __init__(self, log: EmbeddedLog, group: str) -> None:
         self.log = log
-        self.offsets_path = log.directory / f"{log.path.stem}.{group}.offset"
+        self.offsets_path = log.directory / f"{log.name}.{group}.offset"
         self._position = 0
 
     async def start(self) -> None:
         try:
             self._position = int(self.offsets_path.read_text().strip() or 0)
         except FileNotFoundError:
-            self._position = 0
-        if self._position > self.log.durable_end:
-            raise LogUnavailable(
-                f"{self.offsets_path} points past the end of {self.log.path}; "
-                "the log was truncated or replaced: remove the offset file to re-read it"
-            )
+            self._position = self.log.segments()[0] if self.log.segments() else 0
+        self.log.locate(self._position)  # raises with advice when the offset is gone
 
     async def stop(self) -> None:
         return None
@@ -185,10 +237,14 @@ class EmbeddedLogReader:
 
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         await self.log.wait_beyond(self._position, timeout_s)
-        end = self.log.durable_end
-        if end <= self._position:
+        if self.log.durable_end <= self._position:
             return []
-        records = await asyncio.to_thread(_read_frames, self.log.path, self._position, end, max_records)
+        base, end = self.log.locate(self._position)
+        if self._position == end:  # at the end of a full segment: go on in the next
+            base, end = self.log.locate(end)
+        records = await asyncio.to_thread(
+            _read_frames, self.log.segment_path(base), base, self._position, end, max_records
+        )
         if records:
             self._position = records[-1].next_offset
         return records
@@ -198,6 +254,7 @@ class EmbeddedLogReader:
             return
         position = max(r.next_offset for r in records)
         await asyncio.to_thread(self._persist, position)
+        self.log.release(position)
 
     def _persist(self, position: int) -> None:
         tmp = self.offsets_path.with_suffix(".tmp")
@@ -209,25 +266,25 @@ class EmbeddedLogReader:
         _fsync_dir(self.offsets_path.parent)
 
 
-def _read_frames(path: Path, start: int, end: int, max_records: int) -> list[LogRecord]:
+def _read_frames(path: Path, base: int, start: int, end: int, max_records: int) -> list[LogRecord]:
+    """Frames of one segment from global offset ``start`` up to ``end``."""
     out: list[LogRecord] = []
     chunk_limit = 8 << 20
     with open(path, "rb") as f:
-        f.seek(start)
+        f.seek(start - base)
         data = f.read(min(end - start, chunk_limit))
-    pos = 0
-    while len(out) < max_records and pos + _HEADER.size <= len(data):
-        length, _crc, key_len = _HEADER.unpack_from(data, pos)
-        body_start = pos + _HEADER.size
-        if body_start + length > len(data):
-            if not out:  # one frame larger than the chunk: read it whole
-                with open(path, "rb") as f:
-                    f.seek(start + pos)
-                    data = data[:pos] + f.read(_HEADER.size + length)
+        pos = 0
+        while len(out) < max_records and pos + _HEADER.size <= len(data):
+            length, _crc, key_len = _HEADER.unpack_from(data, pos)
+            body_start = pos + _HEADER.size
+            if body_start + length > len(data):
+                if out:
+                    break
+                f.seek(start - base)  # one frame larger than the chunk: read it whole
+                data = f.read(_HEADER.size + length)
                 continue
-            break
-        payload = data[body_start : body_start + length]
-        next_pos = body_start + length
-        out.append(LogRecord(0, start + pos, start + next_pos, bytes(payload[:key_len]), bytes(payload[key_len:])))
-        pos = next_pos
+            payload = data[body_start : body_start + length]
+            next_pos = body_start + length
+            out.append(LogRecord(0, start + pos, start + next_pos, bytes(payload[:key_len]), bytes(payload[key_len:])))
+            pos = next_pos
     return out
