@@ -262,3 +262,37 @@ def test_default_project_keys_are_printed(tmp_path: Path) -> None:
         wait_for(check, 30, "event in the default project")
     finally:
         proc.stop()
+
+
+def test_shared_device_switches_user_without_merging_and_is_reported(up: Proc) -> None:
+    from tests.harness import wait_for
+
+    device, alice, bob = uid("shared"), uid("alice"), uid("bob")
+    events = [
+        {"event_id": uid("e"), "type": "page", "name": "Home", "anonymous_id": device, "timestamp": ago(60)},
+        {"event_id": uid("e"), "type": "identify", "anonymous_id": device, "user_id": alice, "timestamp": ago(59)},
+        {"event_id": uid("e"), "type": "page", "name": "Cart", "anonymous_id": device, "timestamp": ago(58)},
+        {"event_id": uid("e"), "type": "identify", "anonymous_id": device, "user_id": bob, "timestamp": ago(20)},
+        {"event_id": uid("e"), "type": "page", "name": "Deals", "anonymous_id": device, "timestamp": ago(19)},
+        {
+            "event_id": uid("e"),
+            "type": "identify",
+            "anonymous_id": device,
+            "user_id": "undefined",
+            "timestamp": ago(18),
+        },
+    ]
+    assert up.post_batch(events).status_code == 200
+    ids = [e["event_id"] for e in events]
+    alice_journey = journey_with(up, alice, set(ids[:3]))
+    assert sorted(event_ids(alice_journey)) == sorted(ids[:3])  # before the link too; never Bob's
+    bob_journey = journey_with(up, bob, set(ids[3:]))  # the placeholder "undefined" stays with the owner
+    assert sorted(event_ids(bob_journey)) == sorted(ids[3:])
+    assert up.journey(device).json()["person_id"] == bob  # the device's current owner
+
+    def conflict() -> dict | None:
+        r = httpx.get(f"{up.url}/v1/identity-conflicts", headers={"Authorization": f"Bearer {API_KEY}"})
+        return next((c for c in r.json()["conflicts"] if c["anonymous_id"] == device), None)
+
+    found = wait_for(conflict, 30, "the shared device to be reported")
+    assert [u["user_id"] for u in found["users"]] == [alice, bob]  # the placeholder never linked

@@ -47,6 +47,13 @@ class QueryApi:
         self._ready = False
         self.router = APIRouter()
         self.router.add_api_route(
+            "/v1/identity-conflicts",
+            self.identity_conflicts,
+            methods=["GET"],
+            tags=["operations"],
+            summary="Devices linked to more than one user id (shared devices); never merged",
+        )
+        self.router.add_api_route(
             "/v1/behaviour",
             self.behaviour,
             methods=["POST"],
@@ -147,6 +154,31 @@ class QueryApi:
                     "index": r["batch_index"],
                     "error": r["error"],
                     "payload": _maybe_json(r["payload"]),
+                }
+                for r in rows
+            ]
+        }
+
+    async def identity_conflicts(self, request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        """Each device seen with several user ids, with when each user first and last used it.
+        The device belongs to each user from that user's first link on; the users stay apart."""
+        project = project_for(request, self.projects)
+        rows = await asyncio.to_thread(
+            self.warehouse.rows,
+            "SELECT anonymous_id, arraySort(x -> x.2, groupArray((user_id, toUnixTimestamp64Milli(fs), "
+            "toUnixTimestamp64Milli(ls)))) AS users FROM ("
+            "  SELECT anonymous_id, user_id, min(first_seen) AS fs, max(last_seen) AS ls FROM identity_links"
+            "  WHERE project = {p:String} GROUP BY anonymous_id, user_id"
+            ") GROUP BY anonymous_id HAVING length(users) > 1 ORDER BY anonymous_id LIMIT {n:UInt32}",
+            {"p": project.id, "n": limit},
+        )
+        return {
+            "conflicts": [
+                {
+                    "anonymous_id": r["anonymous_id"],
+                    "users": [
+                        {"user_id": u, "first_seen": iso(f), "last_seen": iso(last)} for u, f, last in r["users"]
+                    ],
                 }
                 for r in rows
             ]
