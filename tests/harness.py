@@ -30,6 +30,18 @@ allowed_origins = ["*"]
 goals = ["Order Completed"]
 session_timeout_minutes = 30
 
+[[projects.stages]]
+name = "awareness"
+touchpoints = ["Home"]
+
+[[projects.stages]]
+name = "consideration"
+touchpoints = ["Search", "Product", "Product Added"]
+
+[[projects.stages]]
+name = "purchase"
+touchpoints = ["Cart", "Checkout", "Order Completed"]
+
 [[projects]]
 id = "other"
 write_keys = ["{OTHER_WRITE_KEY}"]

@@ -277,3 +277,42 @@ def test_behaviour_by_hour_and_weekday(loaded: tuple[Proc, Traffic]) -> None:
     assert sum(row["sessions"] for row in india["by_hour"]) == len(first)
     bad = api(proc, "/v1/behaviour", {"goal": GOAL, "timezone": "Mars/Olympus"})
     assert bad.status_code == 422 and "timezone" in bad.text
+
+
+STAGES = {"Home": 1, "Search": 2, "Product": 2, "Product Added": 2, "Cart": 3, "Checkout": 3, GOAL: 3}
+
+
+def test_journey_map_stages_match_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    r = httpx.get(f"{proc.url}/v1/journey-map", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    stages = r.json()["stages"]
+    assert [s["stage"] for s in stages] == ["awareness", "consideration", "purchase"]
+    by_person = _labelled_events(traffic)
+    names = {e["event_id"]: e.get("name", "") for b in traffic.batches for e in b.events}
+    exits: Counter[tuple[int, str, str]] = Counter()
+    for k in (1, 2, 3):
+        reached = [evs for evs in by_person.values() if any(STAGES.get(names[i]) == k for _, i, _, _ in evs)]
+        assert stages[k - 1]["people"] == len(reached)
+        if k < 3:
+            onward = 0
+            for evs in reached:
+                first = min(ts for ts, i, _, _ in evs if STAGES.get(names[i]) == k)
+                onward += any(ts >= first and STAGES.get(names[i]) == k + 1 for ts, i, _, _ in evs)
+            assert stages[k - 1]["conversion_to_next"]["people"] == onward
+    for evs in by_person.values():
+        staged = [(ts, STAGES[names[i]], label, ch) for ts, i, label, ch in evs if names[i] in STAGES]
+        if staged and max(s for _, s, _, _ in staged) < 3:
+            _, stage, label, channel = max(staged)
+            exits[(stage, label, channel)] += 1
+    for k, stage in enumerate(stages, 1):
+        for pain in stage["pain_points"]["abandonment"]:
+            assert pain["exits"] == exits[(k, pain["touchpoint"], pain["channel"])]
+    assert stages[1]["pain_points"]["slowest"][0]["touchpoint"] in ("page /search", "screen Search")
+    assert stages[2]["conversion_to_next"] is None
+
+
+def test_journey_map_needs_configured_stages(loaded: tuple[Proc, Traffic]) -> None:
+    proc, _ = loaded
+    r = httpx.get(f"{proc.url}/v1/journey-map", headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
+    assert r.status_code == 422 and "stages" in r.text

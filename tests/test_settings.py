@@ -49,3 +49,21 @@ def test_projects_file_is_validated(tmp_path: Path) -> None:
     projects, _, _ = load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(good)}))
     assert projects.by_write_key["w"].session_timeout_minutes == 20
     assert projects.by_api_key["a"].goals == ("Order Completed",)
+
+
+def test_journey_stages_are_parsed_and_validated(tmp_path: Path) -> None:
+    good = tmp_path / "s.toml"
+    good.write_text(
+        '[[projects]]\nid = "shop"\nwrite_keys = ["w"]\napi_keys = ["a"]\n'
+        '[[projects.stages]]\nname = "awareness"\ntouchpoints = ["Ad Clicked", {type = "page", path = "/"}]\n'
+    )
+    projects, _, _ = load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(good)}))
+    (stage,) = projects.items[0].stages
+    assert stage.name == "awareness" and stage.touchpoints == ("Ad Clicked", {"type": "page", "path": "/"})
+    bad = tmp_path / "b.toml"
+    bad.write_text(
+        '[[projects]]\nid = "shop"\nwrite_keys = ["w"]\napi_keys = ["a"]\n'
+        '[[projects.stages]]\nname = "x"\ntouchpoints = []\n'
+    )
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.touchpoints"):
+        load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(bad)}))

@@ -444,3 +444,54 @@ def behaviour(
             }
         )
     return out
+
+
+def journey_map(
+    wh: Warehouse,
+    project: str,
+    start_ms: int,
+    end_ms: int,
+    timeout_minutes: int,
+    stage_conds: list[str],
+    params: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per stage: people, and people going on to the next stage; per (stage, touchpoint,
+    channel): people, events, median response, error rate and exits (the last touchpoint of a
+    journey that never reached the last stage)."""
+    n = len(stage_conds)
+    stage_expr = "multiIf(" + ", ".join(f"{c}, {k}" for k, c in enumerate(stage_conds, 1)) + ", 0)"
+    firsts = ", ".join(f"minIf(ts, stage = {k}) AS f{k}, maxIf(ts, stage = {k}) AS l{k}" for k in range(1, n + 1))
+    people = ", ".join(f"countIf(f{k} > 0) AS p{k}" for k in range(1, n + 1))
+    onward = ", ".join(f"countIf(f{k} > 0 AND l{k + 1} >= f{k}) AS o{k}" for k in range(1, n)) or "0 AS o0"
+    base = base_sql(params, project, start_ms, end_ms, timeout_minutes)
+    staged = f"staged AS (SELECT *, {stage_expr} AS stage FROM base WHERE type != 'identify')"
+    stages = wh.rows(
+        f"WITH {base}, {staged}, per AS (SELECT person, {firsts} FROM staged GROUP BY person) "
+        f"SELECT {people}, {onward} FROM per",
+        params,
+    )[0]
+    touchpoints = wh.rows(
+        f"""WITH {base}, {staged},
+        exits AS (
+            SELECT argMax((stage, label, channel), ts) AS last, max(stage) AS furthest
+            FROM staged WHERE stage > 0 GROUP BY person
+        ),
+        exit_counts AS (
+            SELECT last.1 AS stage, last.2 AS label, last.3 AS channel, count() AS exits
+            FROM exits WHERE furthest < {n} GROUP BY stage, label, channel
+        ),
+        tp AS (
+            SELECT stage, label, channel, uniqExact(person) AS people, count() AS events,
+                quantileExactIf(0.5)(response_ms, response_ms IS NOT NULL) AS median_ms,
+                countIf(response_ms IS NOT NULL) AS timed, avg(error_kind != '') AS error_rate
+            FROM staged WHERE stage > 0 GROUP BY stage, label, channel
+        )
+        SELECT tp.*, ifNull(e.exits, 0) AS exits
+        FROM tp LEFT JOIN exit_counts AS e ON tp.stage = e.stage AND tp.label = e.label AND tp.channel = e.channel
+        ORDER BY stage, people DESC, label, channel""",
+        params,
+    )
+    summary = [
+        {"people": int(stages[f"p{k}"]), "onward": int(stages[f"o{k}"]) if k < n else None} for k in range(1, n + 1)
+    ]
+    return summary, touchpoints

@@ -12,10 +12,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
-from .analytics import abandonment, behaviour, correlations, funnel, paths
+from .analytics import abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
 from .journeys import iso, load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
+from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 
 
@@ -46,6 +47,13 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
+        self.router.add_api_route(
+            "/v1/journey-map",
+            self.journey_map,
+            methods=["GET"],
+            tags=["query"],
+            summary="The customer journey map: stages, people, conversion to the next stage, pain points",
+        )
         self.router.add_api_route(
             "/v1/identity-conflicts",
             self.identity_conflicts,
@@ -279,6 +287,34 @@ class QueryApi:
             params,
         )
 
+    async def journey_map(
+        self,
+        request: Request,
+        from_: str | None = Query(None, alias="from", description="ISO 8601; default 7 days ago"),
+        to: str | None = Query(None, description="ISO 8601; default now"),
+        top: int = Query(5, ge=1, le=50, description="touchpoints listed per stage and per pain point"),
+    ) -> dict[str, Any]:
+        """Stages as configured in the project's ``[[projects.stages]]``, from data."""
+        project = project_for(request, self.projects)
+        if not project.stages:
+            raise HTTPException(
+                422,
+                "stages: none configured; add [[projects.stages]] tables (name, touchpoints) "
+                "to the projects file, e.g. awareness, consideration, purchase, retention, advocacy",
+            )
+        start, end = time_range(from_, to)
+        params: dict[str, Any] = {}
+        conds = []
+        for k, stage in enumerate(project.stages):
+            steps = [step_condition(t, f"st{k}_{j}", params, f"stages[{k}]") for j, t in enumerate(stage.touchpoints)]
+            conds.append("(" + " OR ".join(steps) + ")")
+        summary, rows = await asyncio.to_thread(
+            journey_map, self.warehouse, project.id, start, end, project.session_timeout_minutes, conds, params
+        )
+        return {
+            "stages": [_stage_json(stage.name, k + 1, summary[k], rows, top) for k, stage in enumerate(project.stages)]
+        }
+
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""
         project = project_for(request, self.projects)
@@ -339,6 +375,40 @@ class QueryApi:
             by = await asyncio.to_thread(run, body.breakdown)
             out["by"] = {k: _correlation_json(v, body.metric, edges) for k, v in by.items()}
         return out
+
+
+def _stage_json(name: str, index: int, summary: dict[str, Any], rows: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    mine = [r for r in rows if r["stage"] == index]
+    people, onward = summary["people"], summary["onward"]
+    channels: dict[str, int] = {}
+    for r in mine:
+        channels[r["channel"]] = channels.get(r["channel"], 0) + int(r["people"])
+
+    def point(r: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"touchpoint": r["label"], "channel": r["channel"], "people": int(r["people"]), **extra}
+
+    enough = [r for r in mine if r["people"] >= MIN_OBSERVATIONS]
+    exits = sorted(enough, key=lambda r: (-r["exits"] / r["people"], r["label"]))
+    slow = sorted((r for r in enough if r["timed"] >= MIN_OBSERVATIONS), key=lambda r: (-r["median_ms"], r["label"]))
+    errors = sorted(enough, key=lambda r: (-r["error_rate"], r["label"]))
+    conversion = None
+    if onward is not None:
+        conversion = {"people": onward, "rate": onward / people if people else None, "ci95": wilson(onward, people)}
+    return {
+        "stage": name,
+        "people": people,
+        "conversion_to_next": conversion,
+        "touchpoints": [point(r, events=int(r["events"])) for r in mine[:top]],
+        "channels": dict(sorted(channels.items(), key=lambda kv: -kv[1])),
+        "pain_points": {
+            "abandonment": [
+                point(r, exits=int(r["exits"]), exit_share=r["exits"] / r["people"]) for r in exits[:top] if r["exits"]
+            ],
+            "slowest": [point(r, median_response_ms=float(r["median_ms"])) for r in slow[:top]],
+            "errors": [point(r, error_rate=float(r["error_rate"])) for r in errors[:top] if r["error_rate"] > 0],
+        },
+        "note": None if enough or not mine else f"fewer than {MIN_OBSERVATIONS} people per touchpoint: no pain points",
+    }
 
 
 def _maybe_json(text: str) -> Any:

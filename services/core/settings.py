@@ -20,6 +20,14 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A stage of the customer journey map and the touchpoints (steps) that belong to it."""
+
+    name: str
+    touchpoints: tuple[str | dict[str, str], ...]
+
+
+@dataclass(frozen=True)
 class Project:
     """One tracked property (a brand, an app family) with its keys and defaults."""
 
@@ -30,6 +38,7 @@ class Project:
     goals: tuple[str, ...] = ()
     session_timeout_minutes: int = 30
     anonymize_ip: bool = True
+    stages: tuple[Stage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -175,11 +184,36 @@ def parse_projects(doc: Mapping[str, Any], source: str) -> Projects:
                 goals=_strings(table, "goals", where),
                 session_timeout_minutes=timeout,
                 anonymize_ip=anonymize,
+                stages=_stages(table.get("stages", []), f"{where}.stages"),
             )
         )
     if len({p.id for p in items}) != len(items):
         raise ConfigError(f"{source}: project ids must be unique")
     return Projects.of(items)
+
+
+def _stages(raw: Any, where: str) -> tuple[Stage, ...]:
+    """``[[projects.stages]] name = "awareness", touchpoints = ["Ad Clicked", {type = "page", path = "/"}]``."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where} must be a list of tables")
+    stages = []
+    for i, table in enumerate(raw):
+        name = table.get("name") if isinstance(table, dict) else None
+        touchpoints = table.get("touchpoints") if isinstance(table, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}[{i}].name must be a non-empty string")
+        valid = (
+            isinstance(touchpoints, list)
+            and touchpoints
+            and all(
+                isinstance(t, str) or (isinstance(t, dict) and all(isinstance(v, str) for v in t.values()))
+                for t in touchpoints
+            )
+        )
+        if not valid or not isinstance(touchpoints, list):
+            raise ConfigError(f"{where}[{i}].touchpoints must be a list of names or step tables")
+        stages.append(Stage(name, tuple(touchpoints)))
+    return tuple(stages)
 
 
 def _strings(table: Mapping[str, Any], name: str, where: str, required: bool = False) -> tuple[str, ...]:
