@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,69 +48,67 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter()
-        self.router.add_api_route(
-            "/v1/journey-map",
-            self.journey_map,
-            methods=["GET"],
-            tags=["query"],
-            summary="The customer journey map: stages, people, conversion to the next stage, pain points",
-        )
-        self.router.add_api_route(
-            "/v1/identity-conflicts",
-            self.identity_conflicts,
-            methods=["GET"],
-            tags=["operations"],
-            summary="Devices linked to more than one user id (shared devices); never merged",
-        )
-        self.router.add_api_route(
-            "/v1/behaviour",
-            self.behaviour,
-            methods=["POST"],
-            tags=["query"],
-            summary="Activity and conversion by hour of day and weekday, per channel",
-        )
-        self.router.add_api_route(
-            "/v1/paths",
-            self.paths,
-            methods=["POST"],
-            tags=["query"],
-            summary="The most common touchpoints right before and after a touchpoint",
-        )
-        self.router.add_api_route(
-            "/v1/funnels",
-            self.funnels,
-            methods=["POST"],
-            tags=["query"],
-            summary="How many journeys (or sessions) reach each step in order within the window",
-        )
-        self.router.add_api_route(
-            "/v1/rejected",
-            self.rejected,
-            methods=["GET"],
-            tags=["operations"],
-            summary="Dead letters: events refused at ingest or undecodable, with the reason",
-        )
-        self.router.add_api_route(
-            "/v1/abandonment",
-            self.abandonment,
-            methods=["POST"],
-            tags=["query"],
-            summary="Where journeys that miss the goal stop, and what they met there",
-        )
-        self.router.add_api_route(
-            "/v1/correlations",
-            self.correlations,
-            methods=["POST"],
-            tags=["query"],
-            summary="How a timing or error metric relates to conversion",
-        )
-        self.router.add_api_route(
-            "/v1/journeys/{identifier}",
-            self.journey,
-            methods=["GET"],
-            tags=["query"],
-            summary="Everything one person did, as sessions",
-        )
+        routes: list[tuple[str, Callable[..., Any], str, str, str]] = [  # path, endpoint, method, tag, summary
+            ("/v1/journeys/{identifier}", self.journey, "GET", "query", "Everything one person did, as sessions"),
+            (
+                "/v1/funnels",
+                self.funnels,
+                "POST",
+                "query",
+                "How many journeys (or sessions) reach each step in order within the window",
+            ),
+            (
+                "/v1/abandonment",
+                self.abandonment,
+                "POST",
+                "query",
+                "Where journeys that miss the goal stop, and what they met there",
+            ),
+            (
+                "/v1/correlations",
+                self.correlations,
+                "POST",
+                "query",
+                "How a timing or error metric relates to conversion",
+            ),
+            (
+                "/v1/paths",
+                self.paths,
+                "POST",
+                "query",
+                "The most common touchpoints right before and after a touchpoint",
+            ),
+            (
+                "/v1/behaviour",
+                self.behaviour,
+                "POST",
+                "query",
+                "Activity and conversion by hour of day and weekday, per channel",
+            ),
+            (
+                "/v1/journey-map",
+                self.journey_map,
+                "GET",
+                "query",
+                "The customer journey map: stages, people, conversion to the next stage, pain points",
+            ),
+            (
+                "/v1/rejected",
+                self.rejected,
+                "GET",
+                "operations",
+                "Dead letters: events refused at ingest or undecodable, with the reason",
+            ),
+            (
+                "/v1/identity-conflicts",
+                self.identity_conflicts,
+                "GET",
+                "operations",
+                "Devices linked to more than one user id (shared devices); never merged",
+            ),
+        ]
+        for path, endpoint, method, tag, summary in routes:
+            self.router.add_api_route(path, endpoint, methods=[method], tags=[tag], summary=summary)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.warehouse.migrate)
