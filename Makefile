@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean bench soak
+.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean bench soak browser
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Touchpoint needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -35,7 +35,14 @@ lint: install
 	@echo "==> ruff"; $(BIN)/ruff check services tests loadtests
 	@echo "==> mypy --strict"; $(BIN)/mypy
 
-test: lint kafka-fetch
+# The web tracker's test runs in a real headless Chromium (Debian's package); root installs it.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ echo "==> installing chromium for the web tracker's browser test"; \
+		  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; } || \
+		echo "chromium is not installed: the browser test will be skipped (apt-get install chromium)"
+
+test: lint kafka-fetch browser
 	@echo "==> pytest (starts a real Kafka broker; uses chDB)"
 	@$(BIN)/pytest -ra
 
