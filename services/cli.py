@@ -71,7 +71,8 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
             )
         )
     if command in ("up", "api"):
-        out.append(("api", QueryApi(projects, Warehouse(settings.clickhouse_url, "api"))))
+        limits = {"max_execution_time": settings.query_timeout_s, "max_rows_to_read": settings.query_max_rows}
+        out.append(("api", QueryApi(projects, Warehouse(settings.clickhouse_url, "api", query_settings=limits))))
     return out
 
 

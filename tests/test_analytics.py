@@ -316,3 +316,16 @@ def test_journey_map_needs_configured_stages(loaded: tuple[Proc, Traffic]) -> No
     proc, _ = loaded
     r = httpx.get(f"{proc.url}/v1/journey-map", headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
     assert r.status_code == 422 and "stages" in r.text
+
+
+def test_query_limits_answer_clearly(tmp_path_factory: pytest.TempPathFactory) -> None:
+    proc = new_proc("up", tmp_path_factory.mktemp("limits"), TOUCHPOINT_QUERY_MAX_ROWS="5").start()
+    try:
+        events = [{"type": "page", "name": "Home", "anonymous_id": f"lim-{i}"} for i in range(40)]
+        assert proc.post_batch(events).status_code == 200
+        wait_caught_up(proc)
+        r = api(proc, "/v1/abandonment", {"goal": GOAL})
+        assert r.status_code == 413 and r.json()["detail"].startswith("query: ")
+        assert httpx.get(f"{proc.url}/health").status_code == 200
+    finally:
+        proc.stop()

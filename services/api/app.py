@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -19,6 +19,8 @@ from .journeys import iso, load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
+
+T = TypeVar("T")
 
 
 def time_range(from_: str | datetime | None, to: str | datetime | None) -> tuple[int, int]:
@@ -110,6 +112,22 @@ class QueryApi:
         for path, endpoint, method, tag, summary in routes:
             self.router.add_api_route(path, endpoint, methods=[method], tags=[tag], summary=summary)
 
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking warehouse call in a worker thread; a query over its limits is a clear 4xx/5xx."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except Exception as exc:
+            text = str(exc)
+            if "TOO_MANY_ROWS" in text or "TOO_MANY_BYTES" in text:
+                raise HTTPException(
+                    413, "query: would read more rows than TOUCHPOINT_QUERY_MAX_ROWS allows; narrow from/to"
+                ) from None
+            if "TIMEOUT_EXCEEDED" in text:
+                raise HTTPException(
+                    504, "query: took longer than TOUCHPOINT_QUERY_TIMEOUT_SECONDS; narrow from/to"
+                ) from None
+            raise
+
     async def start(self) -> None:
         await asyncio.to_thread(self.warehouse.migrate)
         self._ready = True
@@ -130,7 +148,7 @@ class QueryApi:
         """The person behind a user id or anonymous id, with their sessions in time order."""
         project = project_for(request, self.projects)
         start, end = time_range(from_, to)
-        journey = await asyncio.to_thread(
+        journey = await self._call(
             load_journey, self.warehouse, project.id, identifier, start, end, project.session_timeout_minutes
         )
         if journey is None:
@@ -147,7 +165,7 @@ class QueryApi:
         """The newest rejected events of the key's project, each with the field at fault."""
         project = project_for(request, self.projects)
         start, end = time_range(from_, to)
-        rows = await asyncio.to_thread(
+        rows = await self._call(
             self.warehouse.rows,
             "SELECT received_at, batch_index, error, payload FROM rejected_events "
             "WHERE project = {p:String} AND received_at >= fromUnixTimestamp64Milli({s:Int64}) "
@@ -170,7 +188,7 @@ class QueryApi:
         """Each device seen with several user ids, with when each user first and last used it.
         The device belongs to each user from that user's first link on; the users stay apart."""
         project = project_for(request, self.projects)
-        rows = await asyncio.to_thread(
+        rows = await self._call(
             self.warehouse.rows,
             "SELECT anonymous_id, arraySort(x -> x.2, groupArray((user_id, toUnixTimestamp64Milli(fs), "
             "toUnixTimestamp64Milli(ls)))) AS users FROM ("
@@ -240,9 +258,9 @@ class QueryApi:
                 ]
             return [{"step": label, **step} for label, step in zip(labels, steps, strict=True)]
 
-        out: dict[str, Any] = {"steps": labelled((await asyncio.to_thread(run, None)).get(""))}
+        out: dict[str, Any] = {"steps": labelled((await self._call(run, None)).get(""))}
         if body.breakdown:
-            by = await asyncio.to_thread(run, body.breakdown)
+            by = await self._call(run, body.breakdown)
             out["breakdown"] = {value: labelled(steps) for value, steps in sorted(by.items())}
         return out
 
@@ -253,7 +271,7 @@ class QueryApi:
         params: dict[str, Any] = {}
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint")
         goal = step_condition(body.goal, "goal", params, "goal") if body.goal is not None else None
-        result = await asyncio.to_thread(
+        result = await self._call(
             paths,
             self.warehouse,
             project.id,
@@ -274,7 +292,7 @@ class QueryApi:
         start, end = self._range(body)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
-        return await asyncio.to_thread(
+        return await self._call(
             behaviour,
             self.warehouse,
             project.id,
@@ -307,7 +325,7 @@ class QueryApi:
         for k, stage in enumerate(project.stages):
             steps = [step_condition(t, f"st{k}_{j}", params, f"stages[{k}]") for j, t in enumerate(stage.touchpoints)]
             conds.append("(" + " OR ".join(steps) + ")")
-        summary, rows = await asyncio.to_thread(
+        summary, rows = await self._call(
             journey_map, self.warehouse, project.id, start, end, project.session_timeout_minutes, conds, params
         )
         return {
@@ -338,9 +356,9 @@ class QueryApi:
                 dict(params),
             )
 
-        overall: dict[str, Any] = (await asyncio.to_thread(run, None)).get("", _empty_abandonment())
+        overall: dict[str, Any] = (await self._call(run, None)).get("", _empty_abandonment())
         if body.breakdown:
-            overall["breakdown"] = await asyncio.to_thread(run, body.breakdown)
+            overall["breakdown"] = await self._call(run, body.breakdown)
         return overall
 
     async def correlations(self, request: Request, body: CorrelationRequest) -> dict[str, Any]:
@@ -368,10 +386,10 @@ class QueryApi:
                 dict(params),
             )
 
-        overall = (await asyncio.to_thread(run, None)).get("")
+        overall = (await self._call(run, None)).get("")
         out: dict[str, Any] = _correlation_json(overall, body.metric, edges)
         if body.breakdown:
-            by = await asyncio.to_thread(run, body.breakdown)
+            by = await self._call(run, body.breakdown)
             out["by"] = {k: _correlation_json(v, body.metric, edges) for k, v in by.items()}
         return out
 

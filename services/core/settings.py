@@ -89,6 +89,8 @@ class Settings:
     log_level: str = "info"
     ingest_id: str = "touchpoint-ingest"
     collect_prefix: str = ""
+    query_timeout_s: float = 30.0
+    query_max_rows: int = 2_000_000_000
     geoip_mmdb: str | None = None
     max_batch_events: int = 10_000
     max_event_bytes: int = 64 * 1024
@@ -116,6 +118,8 @@ class Settings:
             max_body_bytes=_int(env, "TOUCHPOINT_MAX_BODY_BYTES", 1 << 20),
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),
             geoip_mmdb=env.get("TOUCHPOINT_GEOIP_MMDB") or None,
+            query_timeout_s=_float(env, "TOUCHPOINT_QUERY_TIMEOUT_SECONDS", 30.0),
+            query_max_rows=_int(env, "TOUCHPOINT_QUERY_MAX_ROWS", 2_000_000_000),
             collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),
             max_batch_events=_int(env, "TOUCHPOINT_MAX_BATCH_EVENTS", 10_000),
             max_event_bytes=_int(env, "TOUCHPOINT_MAX_EVENT_BYTES", 64 * 1024),

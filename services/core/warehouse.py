@@ -40,9 +40,10 @@ def _server_client(url: str) -> Client:
 class Warehouse:
     """One ClickHouse client with the schema applied."""
 
-    def __init__(self, url: str, component: str) -> None:
+    def __init__(self, url: str, component: str, query_settings: Mapping[str, Any] | None = None) -> None:
         self.url = url
         self.component = component
+        self.query_settings = dict(query_settings or {})
         self.embedded = url.startswith("chdb:")
         try:
             if self.embedded:
@@ -112,7 +113,7 @@ class Warehouse:
 
     def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT with bound parameters; rows as dicts."""
-        result = self.client.query(sql, parameters=dict(parameters or {}))
+        result = self.client.query(sql, parameters=dict(parameters or {}), settings=self.query_settings or None)
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
