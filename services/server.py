@@ -57,7 +57,25 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
         if isinstance(router, APIRouter):
             app.include_router(router)
 
-    @app.get("/health", tags=["operations"], summary="200 once events can be accepted and stored")
+    @app.get(
+        "/health",
+        tags=["operations"],
+        summary="200 once events can be accepted and stored",
+        openapi_extra={
+            "responses": {
+                "200": {
+                    "content": {
+                        "application/json": {
+                            "example": {
+                                "status": "ok",
+                                "components": {"ingest": True, "sessionizer": True, "api": True},
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
     async def health() -> Response:
         states: dict[str, Any] = {name: c.ready() for name, c in components}
         ok = all(states.values()) and len(started) == len(components)
@@ -65,7 +83,30 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
             {"status": "ok" if ok else "unavailable", "components": states}, status_code=200 if ok else 503
         )
 
-    @app.get("/v1/status", tags=["operations"], summary="Where is my data: consumer lag, last write, errors")
+    @app.get(
+        "/v1/status",
+        tags=["operations"],
+        summary="Where is my data: consumer lag, last write, errors",
+        openapi_extra={
+            "responses": {
+                "200": {
+                    "content": {
+                        "application/json": {
+                            "example": {
+                                "sessionizer": {
+                                    "consumer_lag": 0,
+                                    "events_written": 120345,
+                                    "last_write_at": 1795340000.5,
+                                    "seconds_since_last_write": 0.4,
+                                    "last_error": None,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
     async def status() -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, component in components:
@@ -74,7 +115,16 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
                 out[name] = describe()
         return out
 
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        openapi_extra={
+            "responses": {
+                "200": {"content": {"text/plain": {"example": "touchpoint_ingest_events_accepted_total 120345.0\n"}}}
+            }
+        },
+    )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -296,3 +296,35 @@ def test_shared_device_switches_user_without_merging_and_is_reported(up: Proc) -
 
     found = wait_for(conflict, 30, "the shared device to be reported")
     assert [u["user_id"] for u in found["users"]] == [alice, bob]  # the placeholder never linked
+
+
+def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
+    spec = httpx.get(f"{up.url}/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def has_example(op: dict) -> bool:
+        for content in op.get("requestBody", {}).get("content", {}).values():
+            ref = content.get("schema", {}).get("$ref", "")
+            if "example" in content or "example" in schemas.get(ref.split("/")[-1], {}):
+                return True
+        for response in op.get("responses", {}).values():
+            if any("example" in c for c in response.get("content", {}).values()):
+                return True
+        return any("example" in p for p in op.get("parameters", []))
+
+    missing = [
+        f"{m.upper()} {path}" for path, ops in spec["paths"].items() for m, op in ops.items() if not has_example(op)
+    ]
+    assert not missing, missing
+    assert {
+        "/v1/batch",
+        "/v1/journeys/{identifier}",
+        "/v1/funnels",
+        "/v1/abandonment",
+        "/v1/correlations",
+        "/v1/paths",
+        "/v1/journey-map",
+        "/v1/behaviour",
+        "/v1/pixel.gif",
+        "/v1/tracker.js",
+    } <= set(spec["paths"])

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
+from . import examples
 from .analytics import abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
 from .journeys import iso, load_journey, ms
@@ -109,8 +110,23 @@ class QueryApi:
                 "Devices linked to more than one user id (shared devices); never merged",
             ),
         ]
+        response_examples = {
+            "/v1/journeys/{identifier}": examples.JOURNEY,
+            "/v1/journey-map": examples.JOURNEY_MAP,
+            "/v1/rejected": examples.REJECTED,
+            "/v1/identity-conflicts": examples.CONFLICTS,
+            "/v1/behaviour": examples.BEHAVIOUR,
+        }
         for path, endpoint, method, tag, summary in routes:
-            self.router.add_api_route(path, endpoint, methods=[method], tags=[tag], summary=summary)
+            example = response_examples.get(path)
+            self.router.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                tags=[tag],
+                summary=summary,
+                openapi_extra=examples.json_example(example) if example else None,
+            )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking warehouse call in a worker thread; a query over its limits is a clear 4xx/5xx."""

@@ -110,6 +110,12 @@ class BehaviourRequest(TimeRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     timezone: str = Field("UTC", description="IANA time zone for hours and weekdays")
 
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"example": {"goal": "Order Completed", "timezone": "Europe/Berlin"}},
+    )
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -109,6 +109,7 @@ class Ingest:
                 methods=["GET"],
                 tags=["ingest"],
                 summary="One event as query parameters, for places without JavaScript",
+                openapi_extra=PIXEL_OPENAPI,
                 include_in_schema=not hidden,
             )
             self.router.add_api_route(
@@ -117,6 +118,18 @@ class Ingest:
                 methods=["GET"],
                 tags=["ingest"],
                 summary="The web tracker",
+                openapi_extra={
+                    "responses": {
+                        "200": {
+                            "content": {
+                                "application/javascript": {
+                                    "example": '<script src="https://collect.shop.example/v1/tracker.js" '
+                                    'data-write-key="wk_shop_1" defer></script>'
+                                }
+                            }
+                        }
+                    }
+                },
                 include_in_schema=not hidden,
             )
 
@@ -285,6 +298,28 @@ class Ingest:
         return None
 
 
+PIXEL_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in ("write_key", "anonymous_id"),
+            "schema": {"type": "string"},
+            "example": example,
+        }
+        for name, example in (
+            ("write_key", "wk_shop_1"),
+            ("type", "page"),
+            ("name", "Newsletter opened"),
+            ("anonymous_id", "a1"),
+            ("user_id", "user-42"),
+            ("url", "https://shop.example/mail/open?utm_source=news"),
+            ("properties.issue", "42"),
+            ("timing.response_ms", "120"),
+        )
+    ],
+    "responses": {"200": {"description": "a 1x1 GIF", "content": {"image/gif": {}}}},
+}
 PIXEL_GIF = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
 _PIXEL_TOP = {"type", "name", "anonymous_id", "user_id", "event_id", "timestamp", "channel"}
 

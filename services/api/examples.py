@@ -1,0 +1,119 @@
+"""Response examples for the OpenAPI description of the GET endpoints (POST bodies carry theirs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JOURNEY = {
+    "person_id": "user-42",
+    "identified": True,
+    "identities": {"user_ids": ["user-42"], "anonymous_ids": ["a1f3", "ios-77"]},
+    "traits": {"plan": "gold"},
+    "sessions": [
+        {
+            "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce",
+            "anonymous_id": "a1f3",
+            "channel": "web",
+            "device": {"type": "desktop"},
+            "browser": "Chrome",
+            "os": "Windows",
+            "country": "DE",
+            "network": "4g",
+            "started_at": "2026-11-22T09:00:00.000Z",
+            "ended_at": "2026-11-22T09:04:10.000Z",
+            "duration_seconds": 250.0,
+            "event_count": 1,
+            "events": [
+                {
+                    "event_id": "0190c6a2-1f9e-7c11-9d3e-5b8f2a6c4d01",
+                    "type": "page",
+                    "name": "Search",
+                    "timestamp": "2026-11-22T09:00:00.000Z",
+                    "channel": "web",
+                    "anonymous_id": "a1f3",
+                    "user_id": "",
+                    "url": "https://shop.example/search?q=shoes",
+                    "path": "/search",
+                    "properties": {},
+                    "timing": {"response_ms": 3400.0},
+                    "error": None,
+                }
+            ],
+        }
+    ],
+    "truncated": False,
+}
+
+JOURNEY_MAP = {
+    "stages": [
+        {
+            "stage": "consideration",
+            "people": 1200,
+            "conversion_to_next": {"people": 300, "rate": 0.25, "ci95": [0.226, 0.275]},
+            "touchpoints": [{"touchpoint": "page /search", "channel": "web", "people": 900, "events": 1500}],
+            "channels": {"web": 900, "app": 500},
+            "pain_points": {
+                "abandonment": [
+                    {"touchpoint": "page /search", "channel": "web", "people": 900, "exits": 400, "exit_share": 0.44}
+                ],
+                "slowest": [
+                    {"touchpoint": "page /search", "channel": "web", "people": 900, "median_response_ms": 1480.0}
+                ],
+                "errors": [{"touchpoint": "screen Search", "channel": "app", "people": 500, "error_rate": 0.04}],
+            },
+            "note": None,
+        }
+    ]
+}
+
+REJECTED = {
+    "rejected": [
+        {
+            "received_at": "2026-11-22T10:00:00.000Z",
+            "index": 1,
+            "error": "name: required for track events",
+            "payload": {"type": "track", "anonymous_id": "a1"},
+        }
+    ]
+}
+
+CONFLICTS = {
+    "conflicts": [
+        {
+            "anonymous_id": "family-ipad",
+            "users": [
+                {"user_id": "alice", "first_seen": "2026-11-20T08:00:00.000Z", "last_seen": "2026-11-20T09:00:00.000Z"},
+                {"user_id": "bob", "first_seen": "2026-11-21T19:00:00.000Z", "last_seen": "2026-11-21T19:30:00.000Z"},
+            ],
+        }
+    ]
+}
+
+BEHAVIOUR = {
+    "by_hour": [
+        {
+            "hour": 20,
+            "channel": "app",
+            "sessions": 310,
+            "events": 2400,
+            "converted": 41,
+            "conversion_rate": 0.132,
+            "ci95": [0.099, 0.175],
+        }
+    ],
+    "by_weekday": [
+        {
+            "weekday": 7,
+            "channel": "web",
+            "sessions": 980,
+            "events": 6100,
+            "converted": 88,
+            "conversion_rate": 0.09,
+            "ci95": [0.073, 0.109],
+        }
+    ],
+}
+
+
+def json_example(example: Any) -> dict[str, Any]:
+    return {"responses": {"200": {"content": {"application/json": {"example": example}}}}}
