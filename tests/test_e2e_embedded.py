@@ -328,3 +328,23 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/pixel.gif",
         "/v1/tracker.js",
     } <= set(spec["paths"])
+
+
+def test_events_later_than_the_allowed_lateness_are_stored_and_flagged(up: Proc) -> None:
+    dev, old, fresh = uid("late"), uid("e"), uid("e")
+    events = [
+        {"event_id": old, "type": "screen", "name": "Home", "anonymous_id": dev, "timestamp": ago(8 * 24 * 60)},
+        {"event_id": fresh, "type": "screen", "name": "Cart", "anonymous_id": dev, "timestamp": ago(1)},
+    ]
+    assert up.post_batch(events).json() == {"accepted": 2, "rejected": []}
+    ten_days = (datetime.now(UTC) - timedelta(days=10)).isoformat()
+    from tests.harness import wait_for
+
+    def both() -> dict | None:
+        r = up.journey(dev, **{"from": ten_days})
+        return r.json() if r.status_code == 200 and {old, fresh} <= set(event_ids(r.json())) else None
+
+    journey = wait_for(both, 30, "both events")
+    late = {e["event_id"]: e["late"] for s in journey["sessions"] for e in s["events"]}
+    assert late == {old: True, fresh: False}
+    assert "touchpoint_sessionizer_late_events_total 1.0" in httpx.get(f"{up.url}/metrics").text

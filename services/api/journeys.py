@@ -21,7 +21,8 @@ MAX_EVENTS = 10_000
 _EVENT_FIELDS = (
     "event_id, type, name, anonymous_id, user_id, timestamp, received_at, channel, url, path, referrer, title, "
     "campaign_source, campaign_medium, campaign_name, browser, os, device_type, country, network, "
-    "response_ms, ttfb_ms, load_ms, lcp_ms, inp_ms, cls, error_kind, error_message, error_fatal, properties, context"
+    "response_ms, ttfb_ms, load_ms, lcp_ms, inp_ms, cls, error_kind, error_message, error_fatal, properties, context, "
+    "is_late"
 )
 
 
@@ -143,6 +144,7 @@ def _event_json(event: dict[str, Any] | Any) -> dict[str, Any]:
         "path": event["path"],
         "properties": orjson.loads(event["properties"] or "{}"),
         "timing": timing,
+        "late": bool(event["is_late"]),
         "error": {"kind": event["error_kind"], "message": event["error_message"], "fatal": bool(event["error_fatal"])}
         if event["error_kind"]
         else None,

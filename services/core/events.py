@@ -165,6 +165,7 @@ def normalize(
     sent_at_ms: int | None,
     ip: str,
     anonymize: bool = True,
+    allowed_lateness_ms: int = 7 * 86_400_000,
 ) -> dict[str, Any]:
     """Validate one raw event and return its log record, or raise InvalidEvent.
 
@@ -224,6 +225,8 @@ def normalize(
         "timing": _timing(raw),
         "error": _error(raw),
         "ip": anonymize_ip(ip) if anonymize else ip,
+        # Stored all the same, but flagged: sessions and reports already read may not include it.
+        "late": received_ms - timestamp_ms > allowed_lateness_ms,
         "ua": {
             "browser": agent.browser,
             "browser_version": agent.browser_version,

@@ -52,6 +52,7 @@ EVENT_COLUMNS: Final = (
     "city",
     "network",
     "ip",
+    "is_late",
     "response_ms",
     "ttfb_ms",
     "load_ms",
@@ -159,6 +160,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
                 ADD COLUMN IF NOT EXISTS region LowCardinality(String) AFTER country,
                 ADD COLUMN IF NOT EXISTS city LowCardinality(String) AFTER region,
                 ADD COLUMN IF NOT EXISTS is_bot UInt8 AFTER device_type
+            """,
+        ),
+    ),
+    Migration(
+        3,
+        "late events flag",
+        (
+            """
+            ALTER TABLE events ADD COLUMN IF NOT EXISTS is_late UInt8
+                COMMENT 'received later than the allowed lateness after it happened' AFTER ip
             """,
         ),
     ),

@@ -89,6 +89,7 @@ class Settings:
     log_level: str = "info"
     ingest_id: str = "touchpoint-ingest"
     collect_prefix: str = ""
+    allowed_lateness_s: int = 7 * 86_400
     query_timeout_s: float = 30.0
     query_max_rows: int = 2_000_000_000
     geoip_mmdb: str | None = None
@@ -118,6 +119,7 @@ class Settings:
             max_body_bytes=_int(env, "TOUCHPOINT_MAX_BODY_BYTES", 1 << 20),
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),
             geoip_mmdb=env.get("TOUCHPOINT_GEOIP_MMDB") or None,
+            allowed_lateness_s=_int(env, "TOUCHPOINT_ALLOWED_LATENESS_SECONDS", 7 * 86_400),
             query_timeout_s=_float(env, "TOUCHPOINT_QUERY_TIMEOUT_SECONDS", 30.0),
             query_max_rows=_int(env, "TOUCHPOINT_QUERY_MAX_ROWS", 2_000_000_000),
             collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),

@@ -263,6 +263,7 @@ class Ingest:
                     sent_at_ms=sent_at,
                     ip=ip,
                     anonymize=project.anonymize_ip,
+                    allowed_lateness_ms=self.settings.allowed_lateness_s * 1000,
                 )
                 record["geo"] = self.geo.lookup(record["ip"])
                 value = orjson.dumps(record)

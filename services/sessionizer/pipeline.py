@@ -36,6 +36,7 @@ WRITE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
+LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
 LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (embedded log) not yet consumed")
 
 
@@ -46,6 +47,7 @@ class Decoded:
     events: list[bytes] = field(default_factory=list)  # JSONEachRow lines
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
+    late: int = 0
 
 
 def decode(records: list[LogRecord]) -> Decoded:
@@ -61,6 +63,8 @@ def decode(records: list[LogRecord]) -> Decoded:
                 if kind == "event":
                     out.events.append(event_json(item))
                     event_records.append(item)
+                    if item.get("late"):
+                        out.late += 1
                 elif kind == "rejected":
                     out.rejected.append(rejected_row(item))
                 else:
@@ -186,6 +190,7 @@ class Pipeline:
             await self.reader.commit(records)
             EVENTS_WRITTEN.inc(len(decoded.events))
             REJECTS_WRITTEN.inc(len(decoded.rejected))
+            LATE.inc(decoded.late)
             self.state.events_written += len(decoded.events)
             log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
         log.info("sessionizer stopped", extra={"events_written": self.state.events_written})

@@ -86,6 +86,7 @@ def event_json(record: Mapping[str, Any]) -> bytes:
             "city": _str(context, "location", "city") or geo.get("city", ""),
             "network": _str(context, "network", "effective_type") or _str(context, "network", "type"),
             "ip": record.get("ip", ""),
+            "is_late": 1 if record.get("late") else 0,
             "response_ms": timing.get("response_ms"),
             "ttfb_ms": timing.get("ttfb_ms"),
             "load_ms": timing.get("load_ms"),
