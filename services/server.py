@@ -19,6 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 log = logging.getLogger("touchpoint.server")
 
 
+START_HINTS = {
+    "ingest": "check that Kafka answers at TOUCHPOINT_KAFKA_BOOTSTRAP (or unset it for the embedded log)",
+    "sessionizer": "check TOUCHPOINT_KAFKA_BOOTSTRAP and TOUCHPOINT_CLICKHOUSE_URL",
+    "api": "check TOUCHPOINT_CLICKHOUSE_URL",
+}
+
+
 class Component(Protocol):
     async def start(self) -> None: ...
 
@@ -34,7 +41,14 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         try:
             for name, component in components:
-                await component.start()
+                try:
+                    await component.start()
+                except Exception as exc:
+                    log.error(
+                        "component failed to start",
+                        extra={"component": name, "error": repr(exc)[:500], "hint": START_HINTS.get(name, "")},
+                    )
+                    raise
                 started.append((name, component))
                 log.info("component started", extra={"component": name})
             yield

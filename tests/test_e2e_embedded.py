@@ -348,3 +348,16 @@ def test_events_later_than_the_allowed_lateness_are_stored_and_flagged(up: Proc)
     late = {e["event_id"]: e["late"] for s in journey["sessions"] for e in s["events"]}
     assert late == {old: True, fresh: False}
     assert "touchpoint_sessionizer_late_events_total 1.0" in httpx.get(f"{up.url}/metrics").text
+
+
+def test_errors_say_what_to_do(up: Proc, tmp_path: Path) -> None:
+    from services.testing.kafka_broker import free_port
+
+    second = Proc("up", {**up.env, "TOUCHPOINT_PORT": str(free_port())}, up.data_dir, 0)
+    second.start(wait=False)
+    assert second.proc is not None and second.proc.wait(60) == 2
+    assert "another process may hold this chDB path" in second.tail()
+    ingest = new_proc("ingest", tmp_path / "nokafka", TOUCHPOINT_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    ingest.start(wait=False)
+    assert ingest.proc is not None and ingest.proc.wait(120) != 0
+    assert "check that Kafka answers at TOUCHPOINT_KAFKA_BOOTSTRAP" in ingest.tail()

@@ -62,7 +62,13 @@ class Warehouse:
         except WarehouseError:
             raise
         except Exception as exc:
-            raise WarehouseError(f"cannot open ClickHouse at {_redact(url)}: {exc}") from exc
+            hint = (
+                "; another process may hold this chDB path (one engine path per process): stop it or point "
+                "TOUCHPOINT_DATA_DIR / TOUCHPOINT_CLICKHOUSE_URL elsewhere"
+                if self.embedded
+                else "; check the URL, the credentials and that the server answers"
+            )
+            raise WarehouseError(f"cannot open ClickHouse at {_redact(url)}: {exc}{hint}") from exc
 
     def migrate(self) -> list[int]:
         """Apply the migrations this database lacks; return the versions applied."""
