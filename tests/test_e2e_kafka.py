@@ -28,6 +28,11 @@ def kafka_env(kafka: Broker | str, name: str) -> dict[str, str]:
     }
 
 
+def _events_in(value: bytes) -> int:
+    decoded = orjson.loads(value)
+    return len(decoded) if isinstance(decoded, list) else 1
+
+
 def devices_events(devices: list[str], per_device: int) -> list[dict[str, object]]:
     return [
         {
@@ -42,7 +47,7 @@ def devices_events(devices: list[str], per_device: int) -> list[dict[str, object
     ]
 
 
-async def read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[int, bytes, int]]:
+async def read_topic(bootstrap: str, topic: str, expected: int, partitions: int = 3) -> list[tuple[int, bytes, int]]:
     """(partition, key, events in the record) until ``expected`` events were read."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
@@ -53,9 +58,9 @@ async def read_topic(bootstrap: str, topic: str, expected: int) -> list[tuple[in
         async with asyncio.timeout(30):
             while sum(n for _, _, n in out) < expected:
                 for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
-                    out += [(tp.partition, m.key or b"", len(orjson.loads(m.value or b"[]"))) for m in messages]
-        partitions = consumer.partitions_for_topic(topic)
-        assert partitions is not None and len(partitions) == 3
+                    out += [(tp.partition, m.key or b"", _events_in(m.value or b"[]")) for m in messages]
+        found = consumer.partitions_for_topic(topic)
+        assert found is not None and len(found) == partitions
     finally:
         await consumer.stop()
     return out
@@ -67,8 +72,11 @@ def test_up_on_kafka_end_to_end_keyed_per_device(kafka: Broker | str, tmp_path: 
     try:
         devices = [f"dev-{uuid.uuid4().hex[:8]}" for _ in range(6)]
         events = devices_events(devices, 5)
+        marker = f"dead-{uuid.uuid4().hex[:8]}"
+        events.append({"type": "track", "anonymous_id": marker})  # no name: a dead letter
         r = proc.post_batch(events)
-        assert r.status_code == 200 and r.json() == {"accepted": 30, "rejected": []}
+        assert r.status_code == 200
+        assert r.json() == {"accepted": 30, "rejected": [{"index": 30, "error": "name: required for track events"}]}
         for device in devices:
             journey = journey_with(proc, device, {f"{device}-{i}" for i in range(5)})
             assert sorted(event_ids(journey)) == sorted(f"{device}-{i}" for i in range(5))
@@ -82,6 +90,18 @@ def test_up_on_kafka_end_to_end_keyed_per_device(kafka: Broker | str, tmp_path: 
         metrics = httpx.get(f"{proc.url}/metrics").text
         accepted = re.search(r"^touchpoint_ingest_events_accepted_total (\S+)$", metrics, re.M)
         assert accepted and float(accepted.group(1)) == 30
+        # The dead letter has its own topic, and operators can list it.
+        dead = asyncio.run(read_topic(bootstrap_of(kafka), env["TOUCHPOINT_KAFKA_TOPIC"] + ".rejected", 1, 1))
+        assert [key for _, key, _ in dead] == [b"shop"]
+
+        def listed() -> bool:
+            r = httpx.get(f"{proc.url}/v1/rejected", headers={"Authorization": "Bearer ak_test_shop"})
+            return any(
+                isinstance(i["payload"], dict) and i["payload"].get("anonymous_id") == marker
+                for i in r.json()["rejected"]
+            )
+
+        wait_for(listed, 30, "the dead letter in /v1/rejected")
     finally:
         proc.stop()
 

@@ -77,6 +77,7 @@ class Settings:
     data_dir: Path = Path("./data")
     kafka_bootstrap: str | None = None
     kafka_topic: str = "touchpoint.events"
+    kafka_dead_letter_topic: str = "touchpoint.rejected"
     kafka_partitions: int = 6
     kafka_group: str = "touchpoint-sessionizer"
     clickhouse_url: str = ""
@@ -108,6 +109,8 @@ class Settings:
             data_dir=data_dir,
             kafka_bootstrap=env.get("TOUCHPOINT_KAFKA_BOOTSTRAP") or None,
             kafka_topic=env.get("TOUCHPOINT_KAFKA_TOPIC", "touchpoint.events"),
+            kafka_dead_letter_topic=env.get("TOUCHPOINT_KAFKA_DEAD_LETTER_TOPIC")
+            or env.get("TOUCHPOINT_KAFKA_TOPIC", "touchpoint.events") + ".rejected",
             kafka_partitions=_int(env, "TOUCHPOINT_KAFKA_PARTITIONS", 6),
             kafka_group=env.get("TOUCHPOINT_KAFKA_GROUP", "touchpoint-sessionizer"),
             clickhouse_url=env.get("TOUCHPOINT_CLICKHOUSE_URL") or default_ch,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -77,6 +78,15 @@ def safe_payload(raw: Any) -> Any:
     except orjson.JSONEncodeError:
         return repr(raw)[:65536]
     return raw
+
+
+@dataclass
+class Prepared:
+    """One request's log records: events packed per device, dead letters, and the answer's list."""
+
+    records: list[tuple[bytes, bytes]]
+    dead_letters: list[tuple[bytes, bytes]]
+    rejected: list[dict[str, Any]]
 
 
 class Ingest:
@@ -180,8 +190,9 @@ class Ingest:
             except InvalidEvent as exc:
                 return _error(400, str(exc), cors)
         ip = request.client.host if request.client else ""
-        records, rejected = self._records(project, events, sent_at, ip, received)
-        failure = await self._append(records, cors)
+        prepared = self._records(project, events, sent_at, ip, received)
+        rejected = prepared.rejected
+        failure = await self._append(prepared, cors)
         if failure is not None:
             return failure
         accepted = len(events) - len(rejected)
@@ -204,8 +215,9 @@ class Ingest:
             return _error(401, "write_key: missing or unknown")
         event = pixel_event(params.multi_items())
         ip = request.client.host if request.client else ""
-        records, rejected = self._records(project, [event], None, ip, received)
-        failure = await self._append(records, {})
+        prepared = self._records(project, [event], None, ip, received)
+        rejected = prepared.rejected
+        failure = await self._append(prepared, {})
         if failure is not None:
             return failure
         ACCEPTED.inc(1 - len(rejected))
@@ -247,12 +259,11 @@ class Ingest:
             return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         return {}
 
-    def _records(
-        self, project: Project, events: list[Any], sent_at: int | None, ip: str, received: int
-    ) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    def _records(self, project: Project, events: list[Any], sent_at: int | None, ip: str, received: int) -> Prepared:
         """Validate every event; valid ones packed per device, invalid ones as dead letters."""
         packs: dict[bytes, list[bytes]] = {}  # partition key → serialised records
         rejected: list[dict[str, Any]] = []
+        dead_letters: list[tuple[bytes, bytes]] = []
         max_event = self.settings.max_event_bytes
         for index, raw_event in enumerate(events):
             try:
@@ -279,15 +290,16 @@ class Ingest:
             rejected.append({"index": index, "error": str(problem)})
             REJECTED.labels(problem.field).inc()
             dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
-            packs.setdefault(project.id.encode(), []).append(orjson.dumps(dead))
-        return [(key, value) for key, values in packs.items() for value in pack(values)], rejected
+            dead_letters.append((project.id.encode(), orjson.dumps(dead)))
+        records = [(key, value) for key, values in packs.items() for value in pack(values)]
+        return Prepared(records, dead_letters, rejected)
 
-    async def _append(self, records: list[tuple[bytes, bytes]], cors: dict[str, str]) -> Response | None:
+    async def _append(self, prepared: Prepared, cors: dict[str, str]) -> Response | None:
         """None once durable; a 503 with Retry-After when the log cannot take them."""
         started = time.perf_counter()
         try:
             with IN_FLIGHT.track_inprogress():
-                await self.writer.append(records)
+                await self.writer.append(prepared.records, prepared.dead_letters)
         except LogUnavailable as exc:
             log.warning("event log unavailable; answering 503", extra={"error": str(exc)[:300]})
             return _error(

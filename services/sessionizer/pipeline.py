@@ -90,7 +90,7 @@ def batch_token(records: list[LogRecord], table: str) -> str:
     """Same records, same token: ClickHouse drops a retried insert it already has."""
     digest = hashlib.sha1(table.encode())
     for r in records:
-        digest.update(f"{r.partition}:{r.offset};".encode())
+        digest.update(f"{r.topic}:{r.partition}:{r.offset};".encode())
     return digest.hexdigest()
 
 

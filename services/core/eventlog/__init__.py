@@ -29,6 +29,7 @@ def open_writer(settings: Settings, embedded: EmbeddedLog | None = None) -> LogW
             settings.kafka_partitions,
             settings.produce_timeout_s,
             transactional_id=settings.ingest_id,
+            dead_letter_topic=settings.kafka_dead_letter_topic,
         )
     if embedded is None:
         raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")
@@ -39,7 +40,9 @@ def open_reader(settings: Settings, embedded: EmbeddedLog | None = None) -> LogR
     if settings.kafka_bootstrap:
         from .kafka import KafkaLogReader
 
-        return KafkaLogReader(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group)
+        return KafkaLogReader(
+            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_group, settings.kafka_dead_letter_topic
+        )
     if embedded is None:
         raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")
     return embedded.reader(settings.kafka_group)

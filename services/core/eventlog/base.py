@@ -20,6 +20,7 @@ class LogRecord:
     next_offset: int
     key: bytes
     value: bytes
+    topic: str = ""  # Kafka: the topic it came from (events or dead letters)
 
 
 class LogWriter(Protocol):
@@ -29,8 +30,12 @@ class LogWriter(Protocol):
 
     def healthy(self) -> bool: ...
 
-    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Return only once every (key, value) is durable; raise LogUnavailable otherwise."""
+    async def append(
+        self, records: Sequence[tuple[bytes, bytes]], dead_letters: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        """Return only once every (key, value) is durable, all or none; raise LogUnavailable otherwise.
+
+        Dead letters go to their own topic on Kafka (the embedded log keeps them inline)."""
 
 
 class LogReader(Protocol):

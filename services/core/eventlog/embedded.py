@@ -121,13 +121,15 @@ class EmbeddedLog:
     def healthy(self) -> bool:
         return self._fd is not None and self._failed is None
 
-    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def append(
+        self, records: Sequence[tuple[bytes, bytes]], dead_letters: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         if not self.healthy():
             raise LogUnavailable(f"embedded log in {self.directory} is not writable: {self._failed}")
         while self._pending_bytes > MAX_PENDING_BYTES:
             self._space.clear()
             await self._space.wait()
-        blob = b"".join(_frame(k, v) for k, v in records)
+        blob = b"".join(_frame(k, v) for k, v in (*records, *dead_letters))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((blob, future))
         self._pending_bytes += len(blob)

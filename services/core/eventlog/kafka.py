@@ -60,10 +60,12 @@ class KafkaLogWriter:
         partitions: int,
         timeout_s: float,
         transactional_id: str,
+        dead_letter_topic: str,
         max_pending_records: int = 200_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
         self.partitions = partitions
         self.timeout_s = timeout_s
         self.transactional_id = transactional_id
@@ -71,13 +73,14 @@ class KafkaLogWriter:
         self._producer: AIOKafkaProducer | None = None
         self._last_error: str | None = None
         self._failed_at = 0.0
-        self._pending: list[tuple[Sequence[tuple[bytes, bytes]], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[tuple[str, bytes, bytes]], asyncio.Future[None]]] = []
         self._pending_records = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await ensure_topic(self.bootstrap, self.topic, self.partitions)
+        await ensure_topic(self.bootstrap, self.dead_letter_topic, 1)
         await self._ensure_producer()
         self._task = asyncio.create_task(self._commit_loop(), name="kafka-log-writer")
 
@@ -92,7 +95,9 @@ class KafkaLogWriter:
     def healthy(self) -> bool:
         return self._task is not None and self._last_error is None
 
-    async def append(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def append(
+        self, records: Sequence[tuple[bytes, bytes]], dead_letters: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         if self._task is None:
             raise LogUnavailable("Kafka producer is not started")
         if self._last_error is not None and time.monotonic() - self._failed_at < RETRY_COOLDOWN_S:
@@ -100,8 +105,9 @@ class KafkaLogWriter:
         if self._pending_records + len(records) > self.max_pending_records:
             raise LogUnavailable("too many events waiting for Kafka")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((records, future))
-        self._pending_records += len(records)
+        routed = [(self.topic, k, v) for k, v in records] + [(self.dead_letter_topic, k, v) for k, v in dead_letters]
+        self._pending.append((routed, future))
+        self._pending_records += len(routed)
         self._wakeup.set()
         await future
 
@@ -145,9 +151,9 @@ class KafkaLogWriter:
                     producer = await self._ensure_producer()
                     await producer.begin_transaction()
                     futures = []
-                    for records, _ in batch:
-                        for key, value in records:
-                            futures.append(await producer.send(self.topic, value, key=key))
+                    for routed, _ in batch:
+                        for topic, key, value in routed:
+                            futures.append(await producer.send(topic, value, key=key))
                     await asyncio.gather(*futures)
                     await producer.commit_transaction()
             except asyncio.CancelledError:
@@ -172,16 +178,20 @@ class KafkaLogWriter:
 
 
 class KafkaLogReader:
-    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, group: str, dead_letter_topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.dead_letter_topic = dead_letter_topic
         self.group = group
         self._consumer: AIOKafkaConsumer | None = None
         self._lag: int | None = None
 
     async def start(self) -> None:
+        for topic in (self.topic, self.dead_letter_topic):
+            await ensure_topic(self.bootstrap, topic, 1)  # a no-op when ingest created them
         self._consumer = AIOKafkaConsumer(
             self.topic,
+            self.dead_letter_topic,
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
             enable_auto_commit=False,
@@ -223,7 +233,7 @@ class KafkaLogReader:
         out: list[LogRecord] = []
         for tp, messages in batches.items():
             for m in messages:
-                out.append(LogRecord(tp.partition, m.offset, m.offset + 1, m.key or b"", m.value or b""))
+                out.append(LogRecord(tp.partition, m.offset, m.offset + 1, m.key or b"", m.value or b"", tp.topic))
         await self._measure_lag()
         return out
 
@@ -231,7 +241,7 @@ class KafkaLogReader:
         assert self._consumer is not None
         offsets: dict[TopicPartition, int] = {}
         for r in records:
-            tp = TopicPartition(self.topic, r.partition)
+            tp = TopicPartition(r.topic or self.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.next_offset)
         assigned = self._consumer.assignment()
         offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
