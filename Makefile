@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean bench soak browser
+.PHONY: install up test lint kafka-fetch kafka-up kafka-down clean bench soak browser bench-queries
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Touchpoint needs Python 3.11 or newer: set PYTHON=python3.11")'
@@ -59,3 +59,7 @@ bench: kafka-fetch
 # Not part of CI: 10 minutes of steady load; RSS and latency are sampled every 30 s.
 soak: install
 	@$(BIN)/python -m loadtests.soak
+
+# Not part of CI: the query API's analyses on ten million events in chDB, beside a bare windowFunnel.
+bench-queries: install
+	@$(BIN)/python -m loadtests.query_bench

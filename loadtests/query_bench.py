@@ -1,0 +1,110 @@
+"""``make bench-queries``: the query API's analyses on ten million events in chDB.
+
+Fills a fresh chDB with synthetic journeys through SQL (INSERT … SELECT, so the fill
+is fast), then times the 6-step funnel, the abandonment report and a correlation as
+the API runs them (median of 5), beside the bare ClickHouse ``windowFunnel`` over the
+same rows per device (no person stitching, no FINAL) as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from services.api.analytics import abandonment, correlations, funnel
+from services.api.steps import step_condition
+from services.core.warehouse import Warehouse
+
+STEPS = ["Home", "Search", "Product", "Product Added", "Cart", "Checkout"]
+
+
+def fill(wh: Warehouse, devices: int) -> int:
+    wh.client.command(f"""
+        INSERT INTO events (project, event_id, type, name, anonymous_id, user_id, timestamp, received_at,
+                            channel, path, response_ms, error_kind, properties, context)
+        SELECT 'shop', concat(toString(d), '-', toString(step)), if(step >= 3 AND step != 4, 'track', 'page'),
+            ['Home','Search','Product','Product Added','Cart','Checkout','Order Completed'][step + 1],
+            concat('d', toString(d)), if(d % 3 = 0, concat('u', toString(d)), ''),
+            now64(3) - toIntervalSecond(d % 500000) + toIntervalSecond(step * 30), now64(3),
+            ['web', 'mobile_web', 'app'][(d % 3) + 1],
+            ['/', '/search', '/product', '/product', '/cart', '/checkout', '/done'][step + 1],
+            100 + (cityHash64(d, step) % 3000), if(cityHash64(d, step, 1) % 50 = 0, 'js', ''), '{{}}', '{{}}'
+        FROM (SELECT number AS d, arrayJoin(range(1 + cityHash64(number) % 7)) AS step FROM numbers({devices}))
+    """)
+    return int(wh.rows("SELECT count() AS n FROM events")[0]["n"])
+
+
+def median_of(runs: int, fn: Any) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=2_500_000, help="about 4 events each")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="touchpoint-qbench-"))
+    wh = Warehouse(f"chdb://{workdir / 'clickhouse'}", "query-bench")
+    wh.migrate()
+    print("[bench-queries] filling chDB ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    events = fill(wh, args.devices)
+    print(f"[bench-queries] {events:,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    now = int(time.time() * 1000)
+    span = (now - 7 * 86_400_000, now + 1000)
+
+    def conds(params: dict[str, Any]) -> list[str]:
+        return [step_condition(s, f"s{i}", params, "steps") for i, s in enumerate(STEPS)]
+
+    def run_funnel() -> None:
+        p: dict[str, Any] = {}
+        funnel(wh, "shop", *span, 30, conds(p), 86_400_000, "journey", None, p)
+
+    def run_abandonment() -> None:
+        p: dict[str, Any] = {}
+        goal = step_condition("Order Completed", "goal", p, "goal")
+        abandonment(wh, "shop", *span, 30, goal, None, 86_400_000, "journey", None, 20, p)
+
+    def run_correlation() -> None:
+        p: dict[str, Any] = {}
+        goal = step_condition("Order Completed", "goal", p, "goal")
+        visit = step_condition({"type": "page", "path": "/search"}, "tp", p, "touchpoint")
+        correlations(wh, "shop", *span, 30, "response_ms", goal, visit, 86_400_000, None, [500, 1000, 2000, 4000], p)
+
+    def run_bare() -> None:
+        p: dict[str, Any] = {}
+        cs = ", ".join(conds(p))
+        wh.rows(
+            f"SELECT level, count() FROM (SELECT windowFunnel(86400000)(toUInt64(toUnixTimestamp64Milli(timestamp)),"
+            f" {cs}) AS level FROM events WHERE project = 'shop' GROUP BY anonymous_id) GROUP BY level",
+            p,
+        )
+
+    results: dict[str, Any] = {"command": "make bench-queries", "events": events}
+    for name, fn in (
+        ("bare_window_funnel", run_bare),
+        ("funnel_6_steps", run_funnel),
+        ("abandonment", run_abandonment),
+        ("correlation", run_correlation),
+    ):
+        results[f"{name}_median_ms"] = median_of(args.runs, fn)
+        print(f"[bench-queries] {name}: median {results[f'{name}_median_ms']} ms", file=sys.stderr, flush=True)
+    results["funnel_vs_bare"] = round(results["funnel_6_steps_median_ms"] / results["bare_window_funnel_median_ms"], 2)
+    print(orjson.dumps(results).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
