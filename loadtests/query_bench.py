@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from services.api.analytics import abandonment, correlations, funnel
+from services.api.analytics import Source, abandonment, correlations, funnel
 from services.api.steps import step_condition
 from services.core.warehouse import Warehouse
 
@@ -63,25 +63,25 @@ def main() -> int:
     events = fill(wh, args.devices)
     print(f"[bench-queries] {events:,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     now = int(time.time() * 1000)
-    span = (now - 7 * 86_400_000, now + 1000)
+    source = Source(wh, "shop", now - 7 * 86_400_000, now + 1000, 30)
 
     def conds(params: dict[str, Any]) -> list[str]:
         return [step_condition(s, f"s{i}", params, "steps") for i, s in enumerate(STEPS)]
 
     def run_funnel() -> None:
         p: dict[str, Any] = {}
-        funnel(wh, "shop", *span, 30, conds(p), 86_400_000, "journey", None, p)
+        funnel(source, conds(p), 86_400_000, "journey", None, p)
 
     def run_abandonment() -> None:
         p: dict[str, Any] = {}
         goal = step_condition("Order Completed", "goal", p, "goal")
-        abandonment(wh, "shop", *span, 30, goal, None, 86_400_000, "journey", None, 20, p)
+        abandonment(source, goal, None, 86_400_000, "journey", None, 20, p)
 
     def run_correlation() -> None:
         p: dict[str, Any] = {}
         goal = step_condition("Order Completed", "goal", p, "goal")
         visit = step_condition({"type": "page", "path": "/search"}, "tp", p, "touchpoint")
-        correlations(wh, "shop", *span, 30, "response_ms", goal, visit, 86_400_000, None, [500, 1000, 2000, 4000], p)
+        correlations(source, "response_ms", goal, visit, 86_400_000, None, [500, 1000, 2000, 4000], p)
 
     def run_bare() -> None:
         p: dict[str, Any] = {}

@@ -8,6 +8,7 @@ journey's (or session's) events into one time-ordered array.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from services.core.identity import PLACEHOLDER_IDS
@@ -22,12 +23,23 @@ METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 TS, LABEL, CHANNEL, METRIC, ERROR, GOAL, MARK, TYPE = range(1, 9)
 
 
-def base_sql(params: dict[str, Any], project: str, start_ms: int, end_ms: int, timeout_minutes: int) -> str:
+@dataclass(frozen=True)
+class Source:
+    """What every analysis reads: one project's events between two instants, and its session timeout."""
+
+    warehouse: Warehouse
+    project: str
+    start_ms: int
+    end_ms: int
+    timeout_minutes: int
+
+
+def base_sql(params: dict[str, Any], source: Source) -> str:
     params.update(
-        project=project,
-        start_ms=start_ms,
-        end_ms=end_ms,
-        timeout_ms=timeout_minutes * 60_000,
+        project=source.project,
+        start_ms=source.start_ms,
+        end_ms=source.end_ms,
+        timeout_ms=source.timeout_minutes * 60_000,
         placeholders=sorted(PLACEHOLDER_IDS),
     )
     return """
@@ -87,11 +99,7 @@ def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown
 
 
 def abandonment(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     goal_cond: str,
     start_cond: str | None,
     window_ms: int,
@@ -103,7 +111,7 @@ def abandonment(
     params.update(window_ms=window_ms, limit=limit)
     has_start = start_cond is not None
     sql = f"""
-    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    WITH {base_sql(params, source)},
     {units_sql(scope, goal_cond, start_cond or "1", "response_ms", breakdown)},
     j AS (
         SELECT unit, dim, evs,
@@ -139,7 +147,7 @@ def abandonment(
         LIMIT {{limit:UInt32}} BY dim
     )
     """
-    rows = wh.rows(sql, params)
+    rows = source.warehouse.rows(sql, params)
     by_dim: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = by_dim.setdefault(r["dim"], {"points": []})
@@ -181,11 +189,7 @@ def abandonment(
 
 
 def correlations(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     metric: str,
     goal_cond: str,
     touchpoint_cond: str | None,
@@ -223,14 +227,14 @@ def correlations(
             WHERE s.measured > 0
         )"""
     sql = f"""
-    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    WITH {base_sql(params, source)},
     {units},
     {observations}
     SELECT dim, round(metric, 1) AS value, toUInt8(converted) AS converted, count() AS n
     FROM obs GROUP BY dim, value, converted
     """
     groups: dict[str, list[tuple[float, int, int]]] = {}
-    for r in wh.rows(sql, params):
+    for r in source.warehouse.rows(sql, params):
         groups.setdefault(r["dim"], []).append((float(r["value"]), int(r["converted"]), int(r["n"])))
     scale = 1.0 if metric in ("errors", "cls") else 1000.0
     return {dim: summarize(g, edges, scale) for dim, g in groups.items()}
@@ -272,11 +276,7 @@ def _num(value: Any) -> float | None:
 
 
 def funnel(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     step_conds: list[str],
     window_ms: int,
     scope: str,
@@ -306,7 +306,7 @@ def funnel(
     )
     counts = ", ".join(f"countIf(level >= {k}) AS c{k}" for k in range(1, n + 1))
     sql = f"""
-    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    WITH {base_sql(params, source)},
     units AS (
         SELECT {unit} AS unit, {dim} AS dim,
             windowFunnel({{window_ms:UInt64}})(toUInt64(ts), {conds}) AS level,
@@ -322,7 +322,7 @@ def funnel(
     SELECT dim, {counts}{", " + medians if medians else ""} FROM chains GROUP BY dim
     """
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in wh.rows(sql, params):
+    for row in source.warehouse.rows(sql, params):
         first = row["c1"]
         steps = []
         for k in range(1, n + 1):
@@ -343,11 +343,7 @@ def funnel(
 
 
 def paths(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     touchpoint_cond: str,
     goal_cond: str | None,
     scope: str,
@@ -361,7 +357,7 @@ def paths(
     """
     params.update(limit=limit)
     sql = f"""
-    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    WITH {base_sql(params, source)},
     {units_sql(scope, goal_cond or "0", touchpoint_cond, "response_ms", None)},
     touchpoints AS (  -- identify calls are not touchpoints
         SELECT arrayFilter(x -> x.8 != 'identify', evs) AS evs FROM units
@@ -385,7 +381,7 @@ def paths(
     LIMIT {{limit:UInt32}} BY direction
     """
     out: dict[str, Any] = {"visits": 0, "next": [], "previous": []}
-    for row in wh.rows(sql, params):
+    for row in source.warehouse.rows(sql, params):
         out["visits"] = int(row["visits"])
         share = row["n"] / row["visits"] if row["visits"] else None
         out[row["direction"]].append(
@@ -401,11 +397,7 @@ def paths(
 
 
 def behaviour(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     goal_cond: str,
     timezone: str,
     params: dict[str, Any],
@@ -414,7 +406,7 @@ def behaviour(
     weekday of the session's start, per channel, in the given time zone."""
     params.update(tz=timezone)
     sql = f"""
-    WITH {base_sql(params, project, start_ms, end_ms, timeout_minutes)},
+    WITH {base_sql(params, source)},
     sessions AS (
         SELECT session, any(channel) AS channel, min(timestamp) AS started, count() AS events,
                countIf({goal_cond}) > 0 AS converted
@@ -429,7 +421,7 @@ def behaviour(
     FROM sessions GROUP BY 2, channel
     """
     out: dict[str, list[dict[str, Any]]] = {"by_hour": [], "by_weekday": []}
-    for r in sorted(wh.rows(sql, params), key=lambda r: (r["by"], r["slot"], r["channel"])):
+    for r in sorted(source.warehouse.rows(sql, params), key=lambda r: (r["by"], r["slot"], r["channel"])):
         n, converted = int(r["sessions"]), int(r["converted"])
         key = "hour" if r["by"] == "hour" else "weekday"
         out[f"by_{key}"].append(
@@ -447,11 +439,7 @@ def behaviour(
 
 
 def journey_map(
-    wh: Warehouse,
-    project: str,
-    start_ms: int,
-    end_ms: int,
-    timeout_minutes: int,
+    source: Source,
     stage_conds: list[str],
     params: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -463,14 +451,14 @@ def journey_map(
     firsts = ", ".join(f"minIf(ts, stage = {k}) AS f{k}, maxIf(ts, stage = {k}) AS l{k}" for k in range(1, n + 1))
     people = ", ".join(f"countIf(f{k} > 0) AS p{k}" for k in range(1, n + 1))
     onward = ", ".join(f"countIf(f{k} > 0 AND l{k + 1} >= f{k}) AS o{k}" for k in range(1, n)) or "0 AS o0"
-    base = base_sql(params, project, start_ms, end_ms, timeout_minutes)
+    base = base_sql(params, source)
     staged = f"staged AS (SELECT *, {stage_expr} AS stage FROM base WHERE type != 'identify')"
-    stages = wh.rows(
+    stages = source.warehouse.rows(
         f"WITH {base}, {staged}, per AS (SELECT person, {firsts} FROM staged GROUP BY person) "
         f"SELECT {people}, {onward} FROM per",
         params,
     )[0]
-    touchpoints = wh.rows(
+    touchpoints = source.warehouse.rows(
         f"""WITH {base}, {staged},
         exits AS (
             SELECT argMax((stage, label, channel), ts) AS last, max(stage) AS furthest

@@ -14,10 +14,10 @@ from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
 from . import examples
-from .analytics import abandonment, behaviour, correlations, funnel, journey_map, paths
+from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
 from .journeys import iso, load_journey, ms
-from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest, TimeRange
+from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 
@@ -225,8 +225,8 @@ class QueryApi:
             ]
         }
 
-    def _range(self, body: TimeRange) -> tuple[int, int]:
-        return time_range(body.from_, body.to)
+    def _source(self, project: Project, from_: str | datetime | None, to: str | datetime | None) -> Source:
+        return Source(self.warehouse, project.id, *time_range(from_, to), project.session_timeout_minutes)
 
     @staticmethod
     def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
@@ -240,18 +240,14 @@ class QueryApi:
         """Counts per step with conversion from step 1 and from the previous step, drop-off and
         the median time from the previous step (ClickHouse ``windowFunnel`` semantics)."""
         project = project_for(request, self.projects)
-        start, end = self._range(body)
+        source = self._source(project, body.from_, body.to)
         params: dict[str, Any] = {}
         conds = [step_condition(step, f"s{i}", params, f"steps[{i}]") for i, step in enumerate(body.steps)]
         labels = [step_label(step) for step in body.steps]
 
         def run(breakdown: str | None) -> dict[str, list[dict[str, Any]]]:
             return funnel(
-                self.warehouse,
-                project.id,
-                start,
-                end,
-                project.session_timeout_minutes,
+                source,
                 conds,
                 body.window_seconds * 1000,
                 body.scope,
@@ -283,17 +279,13 @@ class QueryApi:
     async def paths(self, request: Request, body: PathsRequest) -> dict[str, Any]:
         """Next and previous touchpoints around each visit; with a goal, among those who never reached it."""
         project = project_for(request, self.projects)
-        start, end = self._range(body)
+        source = self._source(project, body.from_, body.to)
         params: dict[str, Any] = {}
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint")
         goal = step_condition(body.goal, "goal", params, "goal") if body.goal is not None else None
         result = await self._call(
             paths,
-            self.warehouse,
-            project.id,
-            start,
-            end,
-            project.session_timeout_minutes,
+            source,
             visit,
             goal,
             body.scope,
@@ -305,16 +297,12 @@ class QueryApi:
     async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
         """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""
         project = project_for(request, self.projects)
-        start, end = self._range(body)
+        source = self._source(project, body.from_, body.to)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         return await self._call(
             behaviour,
-            self.warehouse,
-            project.id,
-            start,
-            end,
-            project.session_timeout_minutes,
+            source,
             goal,
             body.timezone,
             params,
@@ -335,15 +323,13 @@ class QueryApi:
                 "stages: none configured; add [[projects.stages]] tables (name, touchpoints) "
                 "to the projects file, e.g. awareness, consideration, purchase, retention, advocacy",
             )
-        start, end = time_range(from_, to)
+        source = self._source(project, from_, to)
         params: dict[str, Any] = {}
         conds = []
         for k, stage in enumerate(project.stages):
             steps = [step_condition(t, f"st{k}_{j}", params, f"stages[{k}]") for j, t in enumerate(stage.touchpoints)]
             conds.append("(" + " OR ".join(steps) + ")")
-        summary, rows = await self._call(
-            journey_map, self.warehouse, project.id, start, end, project.session_timeout_minutes, conds, params
-        )
+        summary, rows = await self._call(journey_map, source, conds, params)
         return {
             "stages": [_stage_json(stage.name, k + 1, summary[k], rows, top) for k, stage in enumerate(project.stages)]
         }
@@ -351,18 +337,14 @@ class QueryApi:
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""
         project = project_for(request, self.projects)
-        start, end = self._range(body)
+        source = self._source(project, body.from_, body.to)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         begin = step_condition(body.start, "start", params, "start") if body.start is not None else None
 
         def run(breakdown: str | None) -> dict[str, Any]:
             return abandonment(
-                self.warehouse,
-                project.id,
-                start,
-                end,
-                project.session_timeout_minutes,
+                source,
                 goal,
                 begin,
                 body.window_seconds * 1000,
@@ -380,7 +362,7 @@ class QueryApi:
     async def correlations(self, request: Request, body: CorrelationRequest) -> dict[str, Any]:
         """Conversion by metric bucket, Spearman's rho and the odds ratio per second (or per error)."""
         project = project_for(request, self.projects)
-        start, end = self._range(body)
+        source = self._source(project, body.from_, body.to)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint") if body.touchpoint is not None else None
@@ -388,11 +370,7 @@ class QueryApi:
 
         def run(breakdown: str | None) -> dict[str, dict[str, Any]]:
             return correlations(
-                self.warehouse,
-                project.id,
-                start,
-                end,
-                project.session_timeout_minutes,
+                source,
                 body.metric,
                 goal,
                 visit,
