@@ -143,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut everything down cleanly, then re-raised Ctrl-C: end quietly.
+        return 130
     return 0
 
 

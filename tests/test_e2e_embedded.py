@@ -361,3 +361,14 @@ def test_errors_say_what_to_do(up: Proc, tmp_path: Path) -> None:
     ingest.start(wait=False)
     assert ingest.proc is not None and ingest.proc.wait(120) != 0
     assert "check that Kafka answers at TOUCHPOINT_KAFKA_BOOTSTRAP" in ingest.tail()
+
+
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    import signal
+
+    proc = new_proc("up", tmp_path / "ctrlc").start()
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGINT)
+    assert proc.proc.wait(60) == 130
+    stderr = proc.logs[-1].read_text()
+    assert "Traceback" not in stderr and '"msg":"component stopped","component":"ingest"' in stderr
