@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
+
+from services.core.events import iso
+from services.core.events import parse_time_ms as _parse
 
 # (type, name, path): the shop's funnel, web and app flavours.
 WEB_STEPS: tuple[tuple[str, str, str], ...] = (
@@ -92,12 +94,6 @@ class Traffic:
     @property
     def unique_events(self) -> int:
         return sum(len(t.event_ids) for t in self.truths)
-
-
-def iso(ms: int) -> str:
-    from datetime import datetime
-
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def touchpoint_label(event_type: str, name: str, path: str) -> str:
@@ -264,25 +260,19 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
 def _batches(rng: random.Random, channel: str, events: list[dict[str, Any]]) -> list[Batch]:
     if not events:
         return []
-    last_ms = _ms(events[-1]["timestamp"])
+    last_ms = _parse(events[-1]["timestamp"], "timestamp")
     if channel == "app":
         # Offline queue: one late batch, the device clock off by up to ±2 h.
         skew = int(rng.uniform(-2, 2) * 3600_000) if rng.random() < 0.5 else 0
         delay = int(rng.uniform(0, 3 * 3600_000)) if rng.random() < 0.3 else 2_000
-        skewed = [{**e, "timestamp": iso(_ms(e["timestamp"]) + skew)} for e in events]
+        skewed = [{**e, "timestamp": iso(_parse(e["timestamp"], "timestamp") + skew)} for e in events]
         return [Batch(skewed, last_ms + delay, skew)]
     # Web: a beacon per event or two, sent right away.
     out = []
     for i in range(0, len(events), 2):
         chunk = events[i : i + 2]
-        out.append(Batch(chunk, _ms(chunk[-1]["timestamp"]) + 50))
+        out.append(Batch(chunk, _parse(chunk[-1]["timestamp"], "timestamp") + 50))
     return out
-
-
-def _ms(value: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def beacon_events(count: int, seed: int = 7, devices: int = 1) -> list[dict[str, Any]]:

@@ -16,6 +16,8 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.core.openapi import response_example
+
 log = logging.getLogger("touchpoint.server")
 
 
@@ -75,20 +77,9 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
         "/health",
         tags=["operations"],
         summary="200 once events can be accepted and stored",
-        openapi_extra={
-            "responses": {
-                "200": {
-                    "content": {
-                        "application/json": {
-                            "example": {
-                                "status": "ok",
-                                "components": {"ingest": True, "sessionizer": True, "api": True},
-                            }
-                        }
-                    }
-                }
-            }
-        },
+        openapi_extra=response_example(
+            {"status": "ok", "components": {"ingest": True, "sessionizer": True, "api": True}}
+        ),
     )
     async def health() -> Response:
         states: dict[str, Any] = {name: c.ready() for name, c in components}
@@ -101,25 +92,17 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
         "/v1/status",
         tags=["operations"],
         summary="Where is my data: consumer lag, last write, errors",
-        openapi_extra={
-            "responses": {
-                "200": {
-                    "content": {
-                        "application/json": {
-                            "example": {
-                                "sessionizer": {
-                                    "consumer_lag": 0,
-                                    "events_written": 120345,
-                                    "last_write_at": 1795340000.5,
-                                    "seconds_since_last_write": 0.4,
-                                    "last_error": None,
-                                }
-                            }
-                        }
-                    }
+        openapi_extra=response_example(
+            {
+                "sessionizer": {
+                    "consumer_lag": 0,
+                    "events_written": 120345,
+                    "last_write_at": 1795340000.5,
+                    "seconds_since_last_write": 0.4,
+                    "last_error": None,
                 }
             }
-        },
+        ),
     )
     async def status() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -133,11 +116,7 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
         "/metrics",
         tags=["operations"],
         summary="Prometheus metrics",
-        openapi_extra={
-            "responses": {
-                "200": {"content": {"text/plain": {"example": "touchpoint_ingest_events_accepted_total 120345.0\n"}}}
-            }
-        },
+        openapi_extra=response_example("touchpoint_ingest_events_accepted_total 120345.0\n", "text/plain"),
     )
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -13,6 +13,7 @@ import pytest
 
 from loadtests.generator import GOAL, Traffic, generate
 from loadtests.sender import send
+from services.core.events import parse_time_ms
 from tests.faults import wait_caught_up
 from tests.harness import API_KEY, OTHER_API_KEY, WRITE_KEY, Proc, new_proc
 
@@ -76,18 +77,12 @@ def _search_observations(traffic: Traffic) -> list[tuple[float, bool]]:
                 continue
             seen.add(e["event_id"])
             truth = person_of_device[e["anonymous_id"]]
-            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            ts = parse_time_ms(e["timestamp"], "timestamp") - (batch.clock_skew_ms or 0)
             if e.get("name") == GOAL:
                 goals.setdefault(truth.person_id, []).append(ts)
             if e["type"] == "page" and e.get("context", {}).get("page", {}).get("path") == "/search":
                 visits.append((truth.person_id, ts, e["timing"]["response_ms"]))
     return [(ms, any(v <= g <= v + 86_400_000 for g in goals.get(p, []))) for p, v, ms in visits]
-
-
-def _ms(value: str) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def test_correlation_buckets_match_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
@@ -162,7 +157,7 @@ def _events_by_person(traffic: Traffic) -> dict[str, list[tuple[int, str, str]]]
             if e["event_id"] in seen:
                 continue
             seen.add(e["event_id"])
-            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            ts = parse_time_ms(e["timestamp"], "timestamp") - (batch.clock_skew_ms or 0)
             out.setdefault(person_of_device[e["anonymous_id"]], []).append((ts, e["event_id"], e.get("name", "")))
     return {p: sorted(v) for p, v in out.items()}
 
@@ -226,7 +221,7 @@ def _labelled_events(traffic: Traffic) -> dict[str, list[tuple[int, str, str, st
             seen.add(e["event_id"])
             path = e.get("context", {}).get("page", {}).get("path", "")
             label = f"page {path}" if e["type"] == "page" else f"{e['type']} {e['name']}"
-            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            ts = parse_time_ms(e["timestamp"], "timestamp") - (batch.clock_skew_ms or 0)
             out.setdefault(person_of_device[e["anonymous_id"]], []).append((ts, e["event_id"], label, e["channel"]))
     return {p: sorted(v) for p, v in out.items()}
 
@@ -263,7 +258,7 @@ def test_behaviour_by_hour_and_weekday(loaded: tuple[Proc, Traffic]) -> None:
     first: dict[str, int] = {}
     for batch in traffic.batches:
         for e in batch.events:
-            ts = _ms(e["timestamp"]) - (batch.clock_skew_ms or 0)
+            ts = parse_time_ms(e["timestamp"], "timestamp") - (batch.clock_skew_ms or 0)
             first[e["anonymous_id"]] = min(first.get(e["anonymous_id"], ts), ts)
     expected = Counter(datetime.fromtimestamp(ts / 1000, tz=UTC).hour for ts in first.values())
     got: Counter[int] = Counter()

@@ -24,9 +24,9 @@ def test_same_seed_same_traffic_and_realistic_shape() -> None:
     assert any(x.clock_skew_ms for x in a.batches), "app clocks are skewed"
 
     def last_event_ms(batch: object) -> int:
-        from loadtests.generator import _ms
+        from services.core.events import parse_time_ms
 
-        return max(_ms(e["timestamp"]) for e in batch.events) - (batch.clock_skew_ms or 0)  # type: ignore[attr-defined]
+        return max(parse_time_ms(e["timestamp"], "timestamp") for e in batch.events) - (batch.clock_skew_ms or 0)  # type: ignore[attr-defined]
 
     late = [x for x in a.batches if x.clock_skew_ms is not None and x.arrival_ms - last_event_ms(x) > 3_600_000]
     assert late, "some app batches arrive hours late from offline queues"

@@ -19,8 +19,8 @@ from .stats import MIN_OBSERVATIONS, logistic_odds_ratio, spearman, wilson
 BREAKDOWNS = ("channel", "browser", "os", "device_type", "country", "network")
 METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 
-# Tuple positions inside each unit's event array (1-based, as in SQL).
-TS, LABEL, CHANNEL, METRIC, ERROR, GOAL, MARK, TYPE = range(1, 9)
+# Each unit's event array holds tuples, read in SQL by position (1-based):
+# 1 ts, 2 label, 3 channel, 4 metric, 5 error, 6 is goal, 7 is marked (start/touchpoint), 8 type.
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from services.core.events import iso
+from services.core.openapi import response_example
 from services.core.settings import Project, Projects
 from services.core.warehouse import Warehouse
 
 from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
-from .journeys import iso, load_journey, ms
+from .journeys import load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
@@ -125,7 +127,7 @@ class QueryApi:
                 methods=[method],
                 tags=[tag],
                 summary=summary,
-                openapi_extra=examples.json_example(example) if example else None,
+                openapi_extra=response_example(example) if example else None,
             )
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 JOURNEY = {
     "person_id": "user-42",
     "identified": True,
@@ -113,7 +111,3 @@ BEHAVIOUR = {
         }
     ],
 }
-
-
-def json_example(example: Any) -> dict[str, Any]:
-    return {"responses": {"200": {"content": {"application/json": {"example": example}}}}}

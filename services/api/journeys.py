@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from services.core.events import TIMING_FIELDS
+from services.core.events import TIMING_FIELDS, iso
 from services.core.identity import Link, events_of_person, person_of
 from services.core.sessions import Session, sessionize
 from services.core.warehouse import Warehouse
@@ -30,10 +30,6 @@ def ms(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
-
-
-def iso(ms_value: int) -> str:
-    return datetime.fromtimestamp(ms_value / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _links(warehouse: Warehouse, project: str, where: str, params: dict[str, Any]) -> list[Link]:

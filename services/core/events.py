@@ -42,6 +42,11 @@ def now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
 
 
+def iso(ms: int) -> str:
+    """Epoch milliseconds as the ISO 8601 the API answers with (UTC, milliseconds, ``Z``)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def new_event_id() -> str:
     """A time-ordered UUID (v7), so server-assigned ids sort by arrival."""
     return str(uuid_utils.uuid7())

@@ -20,6 +20,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.core.eventlog import LogUnavailable, LogWriter
 from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms, partition_key, rejected_record
+from services.core.openapi import response_example
 from services.core.settings import Project, Projects, Settings
 
 from .body import BodyError, decompress, parse_json, read_limited
@@ -128,18 +129,11 @@ class Ingest:
                 methods=["GET"],
                 tags=["ingest"],
                 summary="The web tracker",
-                openapi_extra={
-                    "responses": {
-                        "200": {
-                            "content": {
-                                "application/javascript": {
-                                    "example": '<script src="https://collect.shop.example/v1/tracker.js" '
-                                    'data-write-key="wk_shop_1" defer></script>'
-                                }
-                            }
-                        }
-                    }
-                },
+                openapi_extra=response_example(
+                    '<script src="https://collect.shop.example/v1/tracker.js" '
+                    'data-write-key="wk_shop_1" defer></script>',
+                    "application/javascript",
+                ),
                 include_in_schema=not hidden,
             )
 
