@@ -303,6 +303,20 @@ def _wait_ready(broker: Broker, timeout: float) -> None:
     raise BrokerError(f"Kafka broker not ready after {timeout:.0f}s; see {broker.log_file}")
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, as Kafka's own `Uuid.randomUuid` makes it.
+
+    Base64 of a random UUID starts with '-' one time in 64; argparse in
+    `kafka-storage format` then reads it as an option and the format fails, so
+    such ids are drawn again (Kafka does the same) and the id is passed as
+    `--cluster-id=ID` besides.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def start(port: int | None = None, workdir: Path | None = None, timeout: float = 120.0) -> Broker:
     """Fetch if needed, format a KRaft log dir in a temp dir and start the broker."""
     fetch()
@@ -312,10 +326,15 @@ def start(port: int | None = None, workdir: Path | None = None, timeout: float =
     workdir = workdir or Path(tempfile.mkdtemp(prefix="touchpoint-kafka-"))
     workdir.mkdir(parents=True, exist_ok=True)
     _write_config(workdir, port, controller_port)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cluster_id = new_cluster_id()
     fmt = subprocess.run(
         _java_cmd(
-            workdir, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(workdir / "server.properties")
+            workdir,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "--config",
+            str(workdir / "server.properties"),
         ),
         capture_output=True,
         text=True,
