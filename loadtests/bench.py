@@ -38,18 +38,33 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtests" / "results"
 
 
+HALF_BATCH_RATE = 500  # issue 4: 50,000 events/s in batches of 50, halved
+HALF_SINGLE_RATE = 2000  # issue 4: 4,000 single-event requests/s, halved
+
+
 def say(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process and its children (the ingest workers), in MB."""
+    total_kb = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except FileNotFoundError:
+            continue
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        total_kb += int(m.group(1)) if m else 0
+    return round(total_kb / 1024, 1)
+
+
+def _children(pid: int) -> list[int]:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+        direct = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except FileNotFoundError:
-        pass
-    return float("nan")
+        return []
+    return [d for c in direct for d in (c, *_children(c))]
 
 
 def pid_of(proc: Proc) -> int:
@@ -57,8 +72,15 @@ def pid_of(proc: Proc) -> int:
     return proc.proc.pid
 
 
-def wrk(url: str, body: bytes, seconds: int, connections: int, workdir: Path) -> dict[str, float]:
-    """POST the same body for ``seconds``; requests/s and latency percentiles from wrk."""
+def wrk(
+    url: str, body: bytes, seconds: int, connections: int, workdir: Path, rate: float | None = None
+) -> dict[str, float]:
+    """POST the same body for ``seconds``; requests/s and latency percentiles from wrk.
+
+    With ``rate``, each connection waits ``connections / rate`` seconds before each request
+    (wrk's ``delay()``), so the offered load is at most ``rate`` requests/s: latency at a
+    given load rather than at saturation."""
+    pause = "" if rate is None else f"function delay() return {connections * 1000.0 / rate:.3f} end\n"
     body_file = workdir / f"body-{len(body)}.json"
     body_file.write_bytes(body)
     script = workdir / "post.lua"
@@ -67,7 +89,8 @@ def wrk(url: str, body: bytes, seconds: int, connections: int, workdir: Path) ->
         'wrk.headers["Content-Type"] = "application/json"\n'
         f'wrk.headers["X-Write-Key"] = "{WRITE_KEY}"\n'
         f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*a"); f:close()\n'
-        "done = function(summary, latency, requests)\n"
+        + pause
+        + "done = function(summary, latency, requests)\n"
         '  io.write(string.format("STATS %d %d %d %f %f %f\\n", summary.requests, summary.errors.status,\n'
         "    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,\n"
         "    latency:percentile(50), latency:percentile(99), summary.duration))\n"
@@ -319,6 +342,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", choices=["all", "ingest"], default="all", help="ingest: stop after the ingest runs")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         say("wrk is missing: install it (Debian: apt-get install wrk) and run again")
@@ -349,8 +373,11 @@ def main() -> int:
             "TOUCHPOINT_KAFKA_PARTITIONS": "6",
             "TOUCHPOINT_KAFKA_GROUP": "bench-sessionizer",
         }
-        ingest = new_proc("ingest", workdir / "ingest", **topic_env).start()
+        workers = str(os.cpu_count() or 1)
+        ingest = new_proc("ingest", workdir / "ingest", TOUCHPOINT_INGEST_WORKERS=workers, **topic_env).start()
         procs.append(ingest)
+        say(f"ingest on Kafka ({workers} workers): warming up the broker's and the workers' code paths, 10 s")
+        wrk(ingest.url, batch50, 10, args.connections, workdir)
         say(f"ingest on Kafka: batches of 50 events, wrk -c {args.connections} for {args.seconds}s")
         b50 = wrk(ingest.url, batch50, args.seconds, args.connections, workdir)
         b50["events_per_s"] = round(b50["requests_per_s"] * 50, 1)
@@ -362,12 +389,25 @@ def main() -> int:
         say("ingest on Kafka: single-event beacons")
         b1 = wrk(ingest.url, single, args.seconds, args.connections, workdir)
         say(f"  {b1}")
+        say(f"ingest on Kafka: latency at half of issue 4's goals ({HALF_BATCH_RATE} batches/s of 50 events)")
+        h50 = wrk(ingest.url, batch50, args.seconds, args.connections, workdir, rate=HALF_BATCH_RATE)
+        h50["events_per_s"] = round(h50["requests_per_s"] * 50, 1)
+        say(f"  {h50}")
+        say(f"ingest on Kafka: latency at half of issue 4's goals ({HALF_SINGLE_RATE} single-event requests/s)")
+        h1 = wrk(ingest.url, single, args.seconds, args.connections, workdir, rate=HALF_SINGLE_RATE)
+        say(f"  {h1}")
         results["ingest_kafka"] = {
+            "workers": int(workers),
             "batch50": b50,
             "batch50_mixed_devices": m50,
             "single": b1,
+            "batch50_half_goal": h50,
+            "single_half_goal": h1,
             "peak_rss_mb": peak_rss_mb(pid_of(ingest)),
         }
+        if args.only == "ingest":
+            print(orjson.dumps(results).decode())
+            return 0
         time.sleep(1)  # requests still in flight when wrk stopped get their answer
         accepted = int(metric(ingest, "touchpoint_ingest_events_accepted_total"))
         ingest.stop()
@@ -456,6 +496,16 @@ def print_table(r: dict[str, Any]) -> None:
             "ingest → Kafka, single-event beacons",
             f"{ik['single']['requests_per_s']:,.0f} requests/s",
             f"p50 {ik['single']['p50_ms']} ms, p99 {ik['single']['p99_ms']} ms",
+        ),
+        (
+            f"ingest → Kafka, ~{HALF_BATCH_RATE} batches/s of 50 (half the goal)",
+            f"{ik['batch50_half_goal']['events_per_s']:,.0f} events/s",
+            f"p50 {ik['batch50_half_goal']['p50_ms']} ms, p99 {ik['batch50_half_goal']['p99_ms']} ms",
+        ),
+        (
+            f"ingest → Kafka, ~{HALF_SINGLE_RATE} single beacons/s (half the goal)",
+            f"{ik['single_half_goal']['requests_per_s']:,.0f} requests/s",
+            f"p50 {ik['single_half_goal']['p50_ms']} ms, p99 {ik['single_half_goal']['p99_ms']} ms",
         ),
         (
             "ingest → embedded log, batches of 50",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -132,8 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "up":
         _banner(settings, projects, str(source), created)
-    app = build_app(components)
-    config = uvicorn.Config(
+    if args.command == "ingest" and settings.ingest_workers > 1:
+        from services.workers import supervise
+
+        return supervise(settings, settings.ingest_workers)
+    server = uvicorn.Server(_uvicorn_config(build_app(components), settings))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut everything down cleanly, then re-raised Ctrl-C: end quietly.
+        return 130
+    return 0
+
+
+def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -142,13 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifespan="on",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        # uvicorn shut everything down cleanly, then re-raised Ctrl-C: end quietly.
-        return 130
-    return 0
+
+
+def serve_on(index: int, sock: socket.socket) -> None:
+    """One ingest worker process (see services.workers): its own producers, the shared socket."""
+    from services.workers import worker_settings
+
+    settings = worker_settings(Settings.from_env(), index)
+    logs.configure(settings.log_level)
+    projects, _, _ = load_projects(settings)
+    app = build_app(_components("ingest", settings, projects))
+    uvicorn.Server(_uvicorn_config(app, settings)).run(sockets=[sock])
 
 
 if __name__ == "__main__":

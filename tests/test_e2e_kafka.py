@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import uuid
 from pathlib import Path
 
@@ -167,3 +169,50 @@ def test_sessionizer_restart_resumes_from_committed_offsets(kafka: Broker | str,
         assert sorted(event_ids(journey)) == sorted(expected)
     finally:
         proc.stop()
+
+
+def _children(pid: int) -> set[int]:
+    """The worker processes of an ingest supervisor (not multiprocessing's resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    out = set()
+    for child in path.read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            out.add(int(child))
+    return out
+
+
+def test_ingest_workers_share_one_port_and_a_killed_worker_comes_back(kafka: Broker | str, tmp_path: Path) -> None:
+    env = kafka_env(kafka, "workers")
+    ingest = new_proc("ingest", tmp_path / "workers", TOUCHPOINT_INGEST_WORKERS="2", **env).start()
+    try:
+        assert ingest.proc is not None
+        workers = wait_for(lambda: (c := _children(ingest.proc.pid)) and len(c) == 2 and c, 30, "two workers")
+        devices = [f"w-{uuid.uuid4().hex[:8]}" for _ in range(40)]
+        # One connection per request: the kernel spreads them over both workers' sockets.
+        for device in devices[:20]:
+            assert ingest.post_batch(devices_events([device], 1)).status_code == 200
+        victim = sorted(workers)[0]
+        os.kill(victim, signal.SIGKILL)
+        # Requests keep getting answers while the worker is replaced: its socket stays open
+        # in the parent, so connections queued on it wait for the new worker.
+        for device in devices[20:]:
+            assert ingest.post_batch(devices_events([device], 1)).status_code == 200
+        replaced = wait_for(
+            lambda: (c := _children(ingest.proc.pid)) and len(c) == 2 and victim not in c and c, 30, "a new worker"
+        )
+        assert len(replaced & workers) == 1
+        records = asyncio.run(read_topic(bootstrap_of(kafka), env["TOUCHPOINT_KAFKA_TOPIC"], 40))
+        assert sorted(key for _, key, _ in records) == sorted(f"shop\x00{d}".encode() for d in devices)
+        # /metrics on whichever worker answers sums over the live workers.
+        for _ in range(4):
+            text = httpx.get(f"{ingest.url}/metrics").text
+            m = re.search(r"^touchpoint_ingest_events_accepted_total (\S+)$", text, re.M)
+            assert m and float(m.group(1)) >= 20, text[:500]
+        assert ingest.stop() == 0
+        assert '"msg":"ingest workers stopped"' in ingest.tail()
+    finally:
+        ingest.stop()

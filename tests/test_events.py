@@ -135,3 +135,22 @@ def test_pack_groups_records_under_the_size_limit() -> None:
     packs = list(pack(big))
     assert len(packs) == 4 and all(len(p) <= PACK_BYTES for p in packs)
     assert sum(len(orjson.loads(p)) for p in packs) == 7
+
+
+def test_nesting_is_checked_to_exactly_sixteen_levels() -> None:
+    def nested(levels: int) -> dict[str, object]:
+        value: dict[str, object] = {}
+        for _ in range(levels - 1):
+            value = {"a": value}
+        return value
+
+    base = {"type": "page", "anonymous_id": "a1"}
+    assert norm({**base, "properties": nested(16)})["properties"] == nested(16)
+    with pytest.raises(InvalidEvent, match="properties: nested deeper than 16 levels"):
+        norm({**base, "properties": nested(17)})
+    lists: list[object] = []
+    for _ in range(14):
+        lists = [lists]
+    assert norm({**base, "context": {"x": lists}})["context"] == {"x": lists}  # the object + 15 lists: 16
+    with pytest.raises(InvalidEvent, match="context: nested deeper than 16 levels"):
+        norm({**base, "context": {"x": [lists]}})

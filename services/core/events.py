@@ -21,6 +21,7 @@ from .useragent import parse_user_agent
 EVENT_TYPES: Final = frozenset({"page", "screen", "track", "identify"})
 ERROR_KINDS: Final = frozenset({"js", "crash", "http", "anr", "other"})
 TIMING_FIELDS: Final = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "cls")
+_TIMING_SET: Final = frozenset(TIMING_FIELDS)
 OBJECT_FIELDS: Final = ("properties", "context")
 MAX_ID_LENGTH: Final = 200
 MAX_NAME_LENGTH: Final = 1000
@@ -88,34 +89,37 @@ def _text(raw: Mapping[str, Any], field: str, limit: int = MAX_NAME_LENGTH) -> s
     return value
 
 
-def _object(raw: Mapping[str, Any], field: str) -> dict[str, Any]:
+def _object(raw: Mapping[str, Any], field: str, *, check_depth: bool = True) -> dict[str, Any]:
     value = raw.get(field)
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidEvent(field, "must be an object")
-    if _deeper_than(value, MAX_DEPTH):
+    if check_depth and _deeper_than(value, MAX_DEPTH):
         raise InvalidEvent(field, f"nested deeper than {MAX_DEPTH} levels")
     return value
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
+    """Whether containers nest more than ``limit`` levels (``value`` itself is level 1).
+
+    Recursion is bounded by ``limit``; the input's own nesting is bounded by the JSON parser."""
+    if limit == 0:
+        return True
+    for child in value.values() if type(value) is dict else value:
+        kind = type(child)
+        if (kind is dict or kind is list) and _deeper_than(child, limit - 1):
             return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return False
 
 
 def _timing(raw: Mapping[str, Any]) -> dict[str, float]:
-    timing = _object(raw, "timing")
+    timing = _object(raw, "timing", check_depth=False)  # only the numbers below are kept
     out: dict[str, float] = {}
-    for name in TIMING_FIELDS:
-        value = timing.get(name)
-        if value is None:
+    if not timing:
+        return out
+    for name, value in timing.items():  # a tracker sends few of them
+        if name not in _TIMING_SET or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InvalidEvent(f"timing.{name}", "must be a number")
@@ -128,7 +132,7 @@ def _timing(raw: Mapping[str, Any]) -> dict[str, float]:
 def _error(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     if raw.get("error") is None:
         return None
-    error = _object(raw, "error")
+    error = _object(raw, "error", check_depth=False)  # only kind, message and fatal are kept
     kind = error.get("kind", "other")
     if kind not in ERROR_KINDS:
         raise InvalidEvent("error.kind", f"must be one of {', '.join(sorted(ERROR_KINDS))}")

@@ -89,6 +89,9 @@ class Settings:
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
     ingest_id: str = "touchpoint-ingest"
+    kafka_producers: int = 4
+    kafka_compression: str = "zstd"
+    ingest_workers: int = 1
     collect_prefix: str = ""
     allowed_lateness_s: int = 7 * 86_400
     query_timeout_s: float = 30.0
@@ -128,6 +131,9 @@ class Settings:
             collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),
             max_batch_events=_int(env, "TOUCHPOINT_MAX_BATCH_EVENTS", 10_000),
             max_event_bytes=_int(env, "TOUCHPOINT_MAX_EVENT_BYTES", 64 * 1024),
+            kafka_producers=_int(env, "TOUCHPOINT_KAFKA_PRODUCERS", 4),
+            kafka_compression=_choice(env, "TOUCHPOINT_KAFKA_COMPRESSION", "zstd", ("none", "gzip", "lz4", "zstd")),
+            ingest_workers=_int(env, "TOUCHPOINT_INGEST_WORKERS", 1),
             ingest_id=env.get("TOUCHPOINT_INGEST_ID")
             or f"touchpoint-ingest-{socket.gethostname()}-{_int(env, 'TOUCHPOINT_PORT', 8080)}",
         )
@@ -143,6 +149,13 @@ def _prefix(raw: str) -> str:
     if raw and not all(part.replace("-", "").replace("_", "").isalnum() for part in raw.split("/")):
         raise ConfigError(f"TOUCHPOINT_COLLECT_PREFIX={raw!r}: use letters, digits, '-', '_' and '/'")
     return f"/{raw}" if raw else ""
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -7,7 +7,7 @@ import zlib
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.types import Receive
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -21,9 +21,9 @@ class BodyError(Exception):
         self.detail = detail
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) from Content-Length before reading when too large."""
-    declared = request.headers.get("content-length")
+async def read_limited(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The raw body from the ASGI channel, refusing (413) from Content-Length before reading
+    when too large, and as soon as the bytes read pass the limit when it lied or was absent."""
     if declared is not None:
         try:
             if int(declared) > limit:
@@ -32,12 +32,17 @@ async def read_limited(request: Request, limit: int) -> bytes:
             raise BodyError(400, "content-length: not a number") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyError(400, "body: the client disconnected before sending all of it")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyError(413, f"body: larger than {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def decompress(raw: bytes, encoding: str, limit: int) -> bytes:

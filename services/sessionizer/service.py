@@ -16,6 +16,9 @@ from .pipeline import Pipeline
 log = logging.getLogger("touchpoint.sessionizer")
 
 
+DRAIN_TIMEOUT_S = 20.0
+
+
 class Sessionizer:
     def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse) -> None:
         self.reader = reader
@@ -44,12 +47,14 @@ class Sessionizer:
     async def stop(self) -> None:
         """Drain: the batch in hand is written and committed before the consumer leaves."""
         self._stop.set()
-        if self._task is not None:
+        task, self._task = self._task, None
+        if task is not None:
             try:
-                await asyncio.wait_for(self._task, 30)
-            except (TimeoutError, Exception):
-                log.warning("sessionizer did not drain in 30 s")
-            self._task = None
+                await asyncio.wait_for(task, DRAIN_TIMEOUT_S)  # cancels the task when it expires
+            except TimeoutError:
+                log.warning("sessionizer did not drain in time; uncommitted records will be read again")
+            except Exception:
+                log.exception("sessionizer stopped with an error")
         await self.reader.stop()
 
     def status(self) -> dict[str, Any]:

@@ -30,6 +30,8 @@ def open_writer(settings: Settings, embedded: EmbeddedLog | None = None) -> LogW
             settings.produce_timeout_s,
             transactional_id=settings.ingest_id,
             dead_letter_topic=settings.kafka_dead_letter_topic,
+            producers=settings.kafka_producers,
+            compression=settings.kafka_compression,
         )
     if embedded is None:
         raise ValueError("the embedded log runs inside `touchpoint up`; set TOUCHPOINT_KAFKA_BOOTSTRAP")
