@@ -99,3 +99,41 @@ def test_json_rows_keep_milliseconds_exact(chdb_path: Path) -> None:
         {"b": base},
     )
     assert bad[0]["n"] == 0
+
+
+async def test_a_batch_is_bounded_by_events_when_records_pack_many(tmp_path: Path) -> None:
+    """Ingest packs one request's events for one device into one record: a batch bounded by
+    records alone once held a whole topic's backlog in one INSERT (10 GB of RSS)."""
+    import asyncio
+
+    from services.core.eventlog import EmbeddedLog
+
+    log = EmbeddedLog(tmp_path / "log")
+    await log.start()
+    now = now_ms()
+    events = [
+        normalize(
+            {"type": "track", "name": "tap", "anonymous_id": "dev", "event_id": f"e{i}"},
+            project="p",
+            received_ms=now,
+            sent_at_ms=None,
+            ip="127.0.0.1",
+        )
+        for i in range(50)
+    ]
+    packed = orjson.dumps(events)
+    await log.append([(b"p\0dev", packed)] * 200)  # 10,000 events in 200 records
+    reader = log.reader("g")
+    await reader.start()
+    pipeline = Pipeline(reader=reader, warehouse=None, max_events=1_000, max_seconds=5)  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    sizes = []
+    for _ in range(3):
+        records, decoded = await pipeline.collect(stop)
+        sizes.append(len(decoded.events))
+        assert len(decoded.events) == 50 * len(records)
+    assert all(1_000 <= n <= 1_050 for n in sizes), sizes  # at most one record beyond the bound
+    by_bytes = Pipeline(reader=reader, warehouse=None, max_events=100_000, max_seconds=5, max_bytes=len(packed) * 10)  # type: ignore[arg-type]
+    records, _ = await by_bytes.collect(stop)
+    assert 10 <= len(records) <= 11
+    await log.stop()

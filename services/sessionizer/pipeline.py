@@ -37,6 +37,11 @@ WRITE_SECONDS = Histogram(
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
+# What one poll asks of the log: about this many bytes of record values, decoded at once.
+# One record can pack hundreds of events, so a count of records alone bounds nothing.
+POLL_CHUNK_BYTES = 1 << 20
+POLL_FIRST_RECORDS = 8
+
 LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (embedded log) not yet consumed")
 
 
@@ -48,6 +53,12 @@ class Decoded:
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
     late: int = 0
+
+    def extend(self, other: Decoded) -> None:
+        self.events.extend(other.events)
+        self.links.extend(other.links)
+        self.rejected.extend(other.rejected)
+        self.late += other.late
 
 
 def decode(records: list[LogRecord]) -> Decoded:
@@ -118,26 +129,44 @@ class Pipeline:
         self.max_seconds = max_seconds
         self.state = PipelineState()
 
-    async def collect(self, stop: asyncio.Event) -> list[LogRecord]:
-        """Poll until the batch is full or max_seconds passed since its first record."""
+    async def collect(self, stop: asyncio.Event) -> tuple[list[LogRecord], Decoded]:
+        """Poll and decode in small chunks until the batch holds ``max_events`` events or
+        ``max_bytes`` of log values, or ``max_seconds`` passed since its first record.
+
+        One log record packs many events (a request's events for one device), and one
+        poll may hand back everything the fetcher buffered: counting events and bytes
+        chunk by chunk is what keeps a batch, and the INSERT built from it, bounded.
+        """
         batch: list[LogRecord] = []
+        decoded = Decoded()
         size = 0
         deadline: float | None = None
-        while len(batch) < self.max_events and size < self.max_bytes and not stop.is_set():
+        while len(decoded.events) < self.max_events and size < self.max_bytes and not stop.is_set():
             remaining = self.max_seconds if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
-            got = await self.reader.poll(self.max_events - len(batch), min(remaining, 0.5))
+            # Ask for about a chunk's worth of bytes and no more events than the batch has room
+            # for, judged by the records seen so far.
+            want = POLL_FIRST_RECORDS
+            if size:
+                room = self.max_events - len(decoded.events)
+                events_per_record = max(len(decoded.events), 1) / len(batch)
+                bytes_per_record = size / len(batch)
+                want = int(min(POLL_CHUNK_BYTES, self.max_bytes - size) / bytes_per_record)
+                want = min(want, int(room / events_per_record))
+            want = max(1, want)
+            got = await self.reader.poll(want, min(remaining, 0.5))
             if got:
                 batch.extend(got)
                 size += sum(len(r.value) for r in got)
+                decoded.extend(await asyncio.to_thread(decode, got))  # CPU work off the event loop
                 if deadline is None:
                     deadline = time.monotonic() + self.max_seconds
             elif deadline is None:
                 if batch:
                     break
                 continue
-        return batch
+        return batch, decoded
 
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
@@ -178,13 +207,12 @@ class Pipeline:
         """Consume until ``stop`` is set; the batch in hand is written and committed first."""
         log.info("sessionizer consuming", extra={"max_events": self.max_events, "max_seconds": self.max_seconds})
         while not stop.is_set():
-            records = await self.collect(stop)
+            records, decoded = await self.collect(stop)
             lag = self.reader.lag()
             if lag is not None:
                 LAG.set(lag)
             if not records:
                 continue
-            decoded = await asyncio.to_thread(decode, records)  # CPU work off the event loop
             if not await self.write_with_retry(records, decoded, stop):
                 break
             await self.reader.commit(records)
