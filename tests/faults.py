@@ -44,6 +44,9 @@ class BackgroundLoad:
         self._thread.start()
         return self
 
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout: float = 180) -> SendResult:
         assert self._thread is not None
         self._thread.join(timeout)

@@ -61,6 +61,48 @@ def test_sessionizer_sigkilled_mid_batch(kafka: kafka_broker.Broker | str, tmp_p
 
 
 @pytest.mark.kafka
+def test_two_sessionizers_share_the_topic_through_rebalances(kafka: kafka_broker.Broker | str, tmp_path: Path) -> None:
+    """A second sessionizer joins mid-stream and the first leaves mid-stream (two rebalances):
+    every acknowledged event is written exactly once across the two processes.
+
+    Each process writes to its own chDB here (one engine path per process), so a record read
+    by both would show up twice in the union: the batch in hand is committed before the
+    partitions move. With a ClickHouse server both write to one store, where queries also
+    count each event_id once."""
+    env = {**kafka_env(kafka, "rebalance"), "TOUCHPOINT_KAFKA_PARTITIONS": "4"}
+    batching = {"TOUCHPOINT_BATCH_MAX_SECONDS": "1", "TOUCHPOINT_BATCH_MAX_EVENTS": "300"}
+    ingest = new_proc("ingest", tmp_path / "ingest", **env).start()
+    first = new_proc("sessionizer", tmp_path / "first", **batching, **env).start()
+    second = new_proc("sessionizer", tmp_path / "second", **batching, **env)
+    try:
+        load = BackgroundLoad(ingest.url, traffic(seed=14, people=4000), rate=150).start()
+        wait_for(lambda: sessionizer_status(first)["events_written"] > 0, 60, "the first sessionizer writing")
+        second.start()  # joins the group: partitions move from the first to the second
+        wait_for(lambda: sessionizer_status(second)["events_written"] > 0, 60, "the second sessionizer writing")
+        written_by_first = sessionizer_status(first)["events_written"]
+        wait_for(
+            lambda: sessionizer_status(first)["events_written"] > written_by_first, 60, "both sessionizers writing"
+        )
+        assert load.running(), "the load ended before the rebalances: the test would prove nothing"
+        first.stop()  # SIGTERM: leaves the group mid-stream: the second takes every partition
+        assert load.running(), "the load ended before the first sessionizer left"
+        result = load.join()
+        assert set(result.statuses) == {200}, result.statuses
+        wait_caught_up(second)
+        second.stop()
+    finally:
+        ingest.stop()
+        first.stop()
+        second.stop()
+    by_first, by_second = stored_counts(first), stored_counts(second)
+    assert by_first and by_second, "one process did all the work: no rebalance was tested"
+    union = {i: by_first.get(i, 0) + by_second.get(i, 0) for i in by_first.keys() | by_second.keys()}
+    assert_exact_accounting(result, union)
+    revoked = "".join(p.read_text() for p in first.logs if p.exists())
+    assert "partitions revoked after the batch in hand was committed" in revoked
+
+
+@pytest.mark.kafka
 def test_kafka_broker_sigkilled_and_restarted_during_load(tmp_path: Path) -> None:
     broker = start_broker()
     try:

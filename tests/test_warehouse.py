@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from services.core.eventlog import LogRecord
+from services.core.eventlog import EmbeddedLog, LogRecord
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS, MIGRATIONS
 from services.core.warehouse import Warehouse
@@ -24,7 +24,7 @@ def test_migrations_are_idempotent_and_versioned(chdb_path: Path) -> None:
     assert second.migrate() == []
 
 
-def test_retried_batch_is_stored_once(chdb_path: Path) -> None:
+def test_retried_batch_is_stored_once(chdb_path: Path, tmp_path: Path) -> None:
     wh = Warehouse(f"chdb://{chdb_path}", "test")
     wh.migrate()
     now = now_ms()
@@ -48,7 +48,8 @@ def test_retried_batch_is_stored_once(chdb_path: Path) -> None:
     ] + [LogRecord(0, 5, 6, b"k", b"{not json")]
     decoded = decode(records)
     assert len(decoded.events) == 5 and len(decoded.rejected) == 1 and len(decoded.links) == 1
-    pipeline = Pipeline(reader=None, warehouse=wh, max_events=10, max_seconds=0.1)  # type: ignore[arg-type]
+    reader = EmbeddedLog(tmp_path / "log").reader("g")
+    pipeline = Pipeline(reader=reader, warehouse=wh, max_events=10, max_seconds=0.1)
     pipeline.write(records, decoded)
     pipeline.write(records, decoded)  # a retry after an unclear failure: same token
     count = wh.rows("SELECT count() AS n FROM events WHERE project = 'wh'")[0]["n"]
@@ -105,8 +106,6 @@ async def test_a_batch_is_bounded_by_events_when_records_pack_many(tmp_path: Pat
     """Ingest packs one request's events for one device into one record: a batch bounded by
     records alone once held a whole topic's backlog in one INSERT (10 GB of RSS)."""
     import asyncio
-
-    from services.core.eventlog import EmbeddedLog
 
     log = EmbeddedLog(tmp_path / "log")
     await log.start()

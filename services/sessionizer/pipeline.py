@@ -37,6 +37,9 @@ WRITE_SECONDS = Histogram(
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
+# How long a rebalance waits for the batch in hand to be written and committed.
+REVOKE_FLUSH_TIMEOUT_S = 30.0
+
 # What one poll asks of the log: about this many bytes of record values, decoded at once.
 # One record can pack hundreds of events, so a count of records alone bounds nothing.
 POLL_CHUNK_BYTES = 1 << 20
@@ -128,6 +131,31 @@ class Pipeline:
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.state = PipelineState()
+        self._running = False
+        self._flush_requested = asyncio.Event()
+        self._flushed = asyncio.Event()
+        reader.on_revoke(self.flush_before_revoke)
+
+    async def flush_before_revoke(self) -> None:
+        """Called by the log before a rebalance hands partitions to another consumer: the batch
+        in hand is cut short, written and committed, so the next owner does not read it again."""
+        if not self._running:
+            return
+        self._flushed.clear()
+        self._flush_requested.set()
+        try:
+            await asyncio.wait_for(self._flushed.wait(), REVOKE_FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "batch in hand not committed before the rebalance; the next owner reads it again "
+                "(stored once all the same: queries count each event_id once)",
+                extra={"timeout_s": REVOKE_FLUSH_TIMEOUT_S},
+            )
+
+    def _flush_done(self) -> None:
+        if self._flush_requested.is_set():
+            self._flush_requested.clear()
+            self._flushed.set()
 
     async def collect(self, stop: asyncio.Event) -> tuple[list[LogRecord], Decoded]:
         """Poll and decode in small chunks until the batch holds ``max_events`` events or
@@ -141,7 +169,12 @@ class Pipeline:
         decoded = Decoded()
         size = 0
         deadline: float | None = None
-        while len(decoded.events) < self.max_events and size < self.max_bytes and not stop.is_set():
+        while (
+            len(decoded.events) < self.max_events
+            and size < self.max_bytes
+            and not stop.is_set()
+            and not self._flush_requested.is_set()
+        ):
             remaining = self.max_seconds if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -155,7 +188,7 @@ class Pipeline:
                 want = int(min(POLL_CHUNK_BYTES, self.max_bytes - size) / bytes_per_record)
                 want = min(want, int(room / events_per_record))
             want = max(1, want)
-            got = await self.reader.poll(want, min(remaining, 0.5))
+            got = await self._poll(want, min(remaining, 0.5))
             if got:
                 batch.extend(got)
                 size += sum(len(r.value) for r in got)
@@ -167,6 +200,22 @@ class Pipeline:
                     break
                 continue
         return batch, decoded
+
+    async def _poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        """Poll, but give up as soon as a rebalance asks for the batch in hand: aiokafka's
+        getmany() waits for the next assignment, which waits for us."""
+        poll = asyncio.ensure_future(self.reader.poll(max_records, timeout_s))
+        flush = asyncio.ensure_future(self._flush_requested.wait())
+        await asyncio.wait((poll, flush), return_when=asyncio.FIRST_COMPLETED)
+        flush.cancel()
+        if not poll.done():
+            poll.cancel()
+        try:
+            return await poll
+        except asyncio.CancelledError:
+            if not self._flush_requested.is_set():
+                raise  # we are cancelled ourselves, not the poll
+            return []
 
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
@@ -206,19 +255,24 @@ class Pipeline:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is written and committed first."""
         log.info("sessionizer consuming", extra={"max_events": self.max_events, "max_seconds": self.max_seconds})
-        while not stop.is_set():
-            records, decoded = await self.collect(stop)
-            lag = self.reader.lag()
-            if lag is not None:
-                LAG.set(lag)
-            if not records:
-                continue
-            if not await self.write_with_retry(records, decoded, stop):
-                break
-            await self.reader.commit(records)
-            EVENTS_WRITTEN.inc(len(decoded.events))
-            REJECTS_WRITTEN.inc(len(decoded.rejected))
-            LATE.inc(decoded.late)
-            self.state.events_written += len(decoded.events)
-            log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
+        self._running = True
+        try:
+            while not stop.is_set():
+                records, decoded = await self.collect(stop)
+                lag = self.reader.lag()
+                if lag is not None:
+                    LAG.set(lag)
+                if records:
+                    if not await self.write_with_retry(records, decoded, stop):
+                        break
+                    await self.reader.commit(records)
+                    EVENTS_WRITTEN.inc(len(decoded.events))
+                    REJECTS_WRITTEN.inc(len(decoded.rejected))
+                    LATE.inc(decoded.late)
+                    self.state.events_written += len(decoded.events)
+                    log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
+                self._flush_done()
+        finally:
+            self._running = False
+            self._flush_done()
         log.info("sessionizer stopped", extra={"events_written": self.state.events_written})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,3 +51,7 @@ class LogReader(Protocol):
 
     def lag(self) -> int | None:
         """Records (or bytes, for the embedded log) not yet read, when known."""
+
+    def on_revoke(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Await ``hook`` before partitions are handed to another consumer, so what is in hand
+        can be written and committed first (a log without consumer groups never calls it)."""

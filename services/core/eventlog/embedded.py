@@ -19,7 +19,7 @@ import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from .base import LogRecord, LogUnavailable
@@ -233,6 +233,9 @@ class EmbeddedLogReader:
 
     async def stop(self) -> None:
         return None
+
+    def on_revoke(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """One consumer per group owns the whole log: nothing is ever revoked."""
 
     def lag(self) -> int | None:
         return self.log.durable_end - self._position

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 
@@ -198,6 +198,28 @@ class KafkaLogWriter:
                     fut.set_result(None)
 
 
+class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before a rebalance takes partitions away, let the pipeline write and commit what it holds."""
+
+    def __init__(self) -> None:
+        self.hook: Callable[[], Awaitable[None]] | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked and self.hook is not None:
+            started = time.monotonic()
+            await self.hook()
+            log.info(
+                "partitions revoked after the batch in hand was committed",
+                extra={
+                    "partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in revoked),
+                    "flush_s": round(time.monotonic() - started, 3),
+                },
+            )
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)})
+
+
 class KafkaLogReader:
     def __init__(self, bootstrap: str, topic: str, group: str, dead_letter_topic: str) -> None:
         self.bootstrap = bootstrap
@@ -207,13 +229,15 @@ class KafkaLogReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._lag: int | None = None
         self._lag_measured_at = 0.0
+        self._listener = _RevokeListener()
+
+    def on_revoke(self, hook: Callable[[], Awaitable[None]]) -> None:
+        self._listener.hook = hook
 
     async def start(self) -> None:
         for topic in (self.topic, self.dead_letter_topic):
             await ensure_topic(self.bootstrap, topic, 1)  # a no-op when ingest created them
         self._consumer = AIOKafkaConsumer(
-            self.topic,
-            self.dead_letter_topic,
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
             enable_auto_commit=False,
@@ -221,6 +245,7 @@ class KafkaLogReader:
             isolation_level="read_committed",
             max_partition_fetch_bytes=4 << 20,
         )
+        self._consumer.subscribe([self.topic, self.dead_letter_topic], listener=self._listener)
         await self._consumer.start()
 
     async def stop(self) -> None:
