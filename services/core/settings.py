@@ -131,7 +131,7 @@ class Settings:
             collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),
             max_batch_events=_int(env, "TOUCHPOINT_MAX_BATCH_EVENTS", 10_000),
             max_event_bytes=_int(env, "TOUCHPOINT_MAX_EVENT_BYTES", 64 * 1024),
-            kafka_producers=_int(env, "TOUCHPOINT_KAFKA_PRODUCERS", 4),
+            kafka_producers=_int(env, "TOUCHPOINT_KAFKA_PRODUCERS", 2),
             kafka_compression=_choice(env, "TOUCHPOINT_KAFKA_COMPRESSION", "zstd", ("none", "gzip", "lz4", "zstd")),
             ingest_workers=_int(env, "TOUCHPOINT_INGEST_WORKERS", 1),
             ingest_id=env.get("TOUCHPOINT_INGEST_ID")
