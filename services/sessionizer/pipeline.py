@@ -9,6 +9,7 @@ is written to ``rejected_events`` with its reason; the consumer goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -37,6 +38,9 @@ WRITE_SECONDS = Histogram(
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
+# How long a cancelled pipeline still waits for the write in flight (and its commit).
+WRITE_IN_FLIGHT_GRACE_S = 10.0
+
 # How long a rebalance waits for the batch in hand to be written and committed.
 REVOKE_FLUSH_TIMEOUT_S = 30.0
 
@@ -252,27 +256,51 @@ class Pipeline:
             self.state.last_write_at = time.time()
             return True
 
+    async def write_and_commit(self, records: list[LogRecord], decoded: Decoded, stop: asyncio.Event) -> bool:
+        """Write one batch (retrying while ClickHouse fails), then commit its offsets."""
+        if not await self.write_with_retry(records, decoded, stop):
+            return False
+        await self.reader.commit(records)
+        EVENTS_WRITTEN.inc(len(decoded.events))
+        REJECTS_WRITTEN.inc(len(decoded.rejected))
+        LATE.inc(decoded.late)
+        self.state.events_written += len(decoded.events)
+        log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the batch in hand is written and committed first."""
+        """Consume until ``stop`` is set; the batch in hand is written and committed first.
+
+        The next batch is collected and decoded while the previous one is being written (at
+        most one write in flight, as Arroyo's run-task-in-threads step): ClickHouse parses
+        rows in its own threads while Python decodes. Commits stay in batch order: a batch's
+        write starts only after the previous batch was written and committed.
+        """
         log.info("sessionizer consuming", extra={"max_events": self.max_events, "max_seconds": self.max_seconds})
         self._running = True
+        writing: asyncio.Task[bool] | None = None
         try:
             while not stop.is_set():
                 records, decoded = await self.collect(stop)
                 lag = self.reader.lag()
                 if lag is not None:
                     LAG.set(lag)
-                if records:
-                    if not await self.write_with_retry(records, decoded, stop):
+                if writing is not None:
+                    done, writing = await writing, None
+                    if not done:
                         break
-                    await self.reader.commit(records)
-                    EVENTS_WRITTEN.inc(len(decoded.events))
-                    REJECTS_WRITTEN.inc(len(decoded.rejected))
-                    LATE.inc(decoded.late)
-                    self.state.events_written += len(decoded.events)
-                    log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
-                self._flush_done()
+                if records:
+                    writing = asyncio.create_task(self.write_and_commit(records, decoded, stop))
+                if self._flush_requested.is_set() or stop.is_set():
+                    if writing is not None:
+                        done, writing = await writing, None
+                        if not done:
+                            break
+                    self._flush_done()
         finally:
+            if writing is not None:  # cancelled mid-write: wait for it, its commit decides
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(writing), WRITE_IN_FLIGHT_GRACE_S)
             self._running = False
             self._flush_done()
         log.info("sessionizer stopped", extra={"events_written": self.state.events_written})
