@@ -305,6 +305,8 @@ async def freshness(proc: Proc, seconds: float, probes_per_s: float, background_
             await asyncio.sleep(1 / probes_per_s)
         await asyncio.gather(*tasks, *probes)
     devices = sorted(set(sent_devices))
+    if len(lags) != n:  # an acknowledged probe that never shows up is a lost event, not a slow one
+        raise RuntimeError(f"{n - len(lags)} of {n} acknowledged probes not visible in /v1/journeys after 60 s")
     return {
         "p50_s": round(percentile(lags, 50), 3),
         "p99_s": round(percentile(lags, 99), 3),
