@@ -18,9 +18,10 @@ from loadtests.sender import SendResult, send
 from tests.harness import WRITE_KEY, Proc, wait_for
 
 
-def traffic(seed: int, people: int) -> Traffic:
+def traffic(seed: int, people: int, duplicate_rate: float = 0.03) -> Traffic:
+    """Generated journeys; ``duplicate_rate`` of the batches are sent again (a client's retry)."""
     now = int(time.time() * 1000)
-    return generate(seed, people, now - 20 * 3600_000, now, duplicate_rate=0.03)
+    return generate(seed, people, now - 20 * 3600_000, now, duplicate_rate=duplicate_rate)
 
 
 @dataclass
