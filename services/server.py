@@ -129,12 +129,14 @@ def build_app(components: Sequence[tuple[str, Component]], version: str = "0.1.0
     @app.get(
         "/v1/status",
         tags=["operations"],
-        summary="Where is my data: consumer lag, last write, errors",
+        summary="Where is my data: consumer lag, ingestion delay, last write, errors",
         openapi_extra=response_example(
             {
                 "sessionizer": {
                     "consumer_lag": 0,
                     "events_written": 120345,
+                    "newest_event_received_at": 1795339999.8,
+                    "ingestion_delay_seconds": 0.0,
                     "last_write_at": 1795340000.5,
                     "seconds_since_last_write": 0.4,
                     "last_error": None,

@@ -20,6 +20,7 @@ from tests.harness import (
     event_ids,
     journey_with,
     new_proc,
+    wait_for,
 )
 
 
@@ -51,6 +52,29 @@ def test_health_and_metrics(up: Proc) -> None:
         "touchpoint_sessionizer_consumer_lag",
     ):
         assert name in metrics, name
+
+
+def test_status_answers_where_the_data_is(up: Proc) -> None:
+    """GET /v1/status: consumer lag, when the newest stored event was received, the ingestion delay."""
+    import time
+
+    sent = time.time()
+    anon = uid("status")
+    event_id = str(uuid.uuid4())
+    assert up.post_batch([{"type": "page", "anonymous_id": anon, "event_id": event_id}]).status_code == 200
+    journey_with(up, anon, {event_id})
+
+    def caught_up() -> dict[str, object] | None:
+        status = httpx.get(f"{up.url}/v1/status", timeout=10).json()["sessionizer"]
+        return status if status["consumer_lag"] == 0 else None
+
+    status = wait_for(caught_up, 30, "the sessionizer to read everything")
+    assert isinstance(status["newest_event_received_at"], float)
+    assert sent - 1 <= status["newest_event_received_at"] <= time.time()
+    assert status["ingestion_delay_seconds"] == 0.0
+    metrics = httpx.get(f"{up.url}/metrics").text
+    newest = [line for line in metrics.splitlines() if line.startswith("touchpoint_sessionizer_newest_event_received")]
+    assert newest and float(newest[0].split()[-1]) >= sent - 1
 
 
 def ago(minutes: float) -> str:

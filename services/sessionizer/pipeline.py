@@ -49,6 +49,10 @@ REVOKE_FLUSH_TIMEOUT_S = 30.0
 POLL_CHUNK_BYTES = 1 << 20
 POLL_FIRST_RECORDS = 8
 
+NEWEST_RECEIVED = Gauge(
+    "touchpoint_sessionizer_newest_event_received_timestamp_seconds",
+    "When ingest received the newest event stored so far (time() minus this: the ingestion delay)",
+)
 LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (embedded log) not yet consumed")
 
 
@@ -60,12 +64,14 @@ class Decoded:
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
     late: int = 0
+    newest_received_ms: int = 0  # when ingest received the newest event of the batch
 
     def extend(self, other: Decoded) -> None:
         self.events.extend(other.events)
         self.links.extend(other.links)
         self.rejected.extend(other.rejected)
         self.late += other.late
+        self.newest_received_ms = max(self.newest_received_ms, other.newest_received_ms)
 
 
 def decode(records: list[LogRecord]) -> Decoded:
@@ -81,6 +87,7 @@ def decode(records: list[LogRecord]) -> Decoded:
                 if kind == "event":
                     out.events.append(event_json(item))
                     event_records.append(item)
+                    out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
                     if item.get("late"):
                         out.late += 1
                 elif kind == "rejected":
@@ -118,6 +125,7 @@ class PipelineState:
     last_error: str | None = None
     last_write_at: float | None = None
     events_written: int = 0
+    newest_received_ms: int | None = None
 
 
 class Pipeline:
@@ -265,6 +273,9 @@ class Pipeline:
         REJECTS_WRITTEN.inc(len(decoded.rejected))
         LATE.inc(decoded.late)
         self.state.events_written += len(decoded.events)
+        if decoded.newest_received_ms and decoded.newest_received_ms > (self.state.newest_received_ms or 0):
+            self.state.newest_received_ms = decoded.newest_received_ms
+            NEWEST_RECEIVED.set(decoded.newest_received_ms / 1000)
         log.debug("batch committed", extra={"records": len(records), "events": len(decoded.events)})
         return True
 

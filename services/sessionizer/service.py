@@ -59,9 +59,15 @@ class Sessionizer:
 
     def status(self) -> dict[str, Any]:
         state = self.pipeline.state
+        lag = self.reader.lag()
+        newest = None if state.newest_received_ms is None else state.newest_received_ms / 1000
         return {
-            "consumer_lag": self.reader.lag(),
+            "consumer_lag": lag,
             "events_written": state.events_written,
+            "newest_event_received_at": newest,
+            # How far stored data trails what ingest accepted: none once everything is read,
+            # else how long ago ingest received the newest event stored so far.
+            "ingestion_delay_seconds": 0.0 if lag == 0 else None if newest is None else max(0.0, time.time() - newest),
             "last_write_at": state.last_write_at,
             "seconds_since_last_write": None if state.last_write_at is None else time.time() - state.last_write_at,
             "last_error": state.last_error,
