@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -12,6 +13,11 @@ from services.core.schema import EVENT_COLUMNS, MIGRATIONS
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
 from services.sessionizer.rows import event_json
+
+
+def stored(raw: dict[str, Any], project: str) -> dict[str, Any]:
+    """An event as ingest puts it in the log, received now."""
+    return normalize(raw, project=project, received_ms=now_ms(), sent_at_ms=None, ip="127.0.0.1")
 
 
 def test_migrations_are_idempotent_and_versioned(chdb_path: Path) -> None:
@@ -27,7 +33,6 @@ def test_migrations_are_idempotent_and_versioned(chdb_path: Path) -> None:
 def test_retried_batch_is_stored_once(chdb_path: Path, tmp_path: Path) -> None:
     wh = Warehouse(f"chdb://{chdb_path}", "test")
     wh.migrate()
-    now = now_ms()
     records = [
         LogRecord(
             0,
@@ -35,12 +40,8 @@ def test_retried_batch_is_stored_once(chdb_path: Path, tmp_path: Path) -> None:
             i + 1,
             b"k",
             orjson.dumps(
-                normalize(
-                    {"type": "page", "anonymous_id": "retry-dev", "user_id": "retry-user", "event_id": f"r{i}"},
-                    project="wh",
-                    received_ms=now,
-                    sent_at_ms=None,
-                    ip="127.0.0.1",
+                stored(
+                    {"type": "page", "anonymous_id": "retry-dev", "user_id": "retry-user", "event_id": f"r{i}"}, "wh"
                 )
             ),
         )
@@ -109,16 +110,8 @@ async def test_a_batch_is_bounded_by_events_when_records_pack_many(tmp_path: Pat
 
     log = EmbeddedLog(tmp_path / "log")
     await log.start()
-    now = now_ms()
     events = [
-        normalize(
-            {"type": "track", "name": "tap", "anonymous_id": "dev", "event_id": f"e{i}"},
-            project="p",
-            received_ms=now,
-            sent_at_ms=None,
-            ip="127.0.0.1",
-        )
-        for i in range(50)
+        stored({"type": "track", "name": "tap", "anonymous_id": "dev", "event_id": f"e{i}"}, "p") for i in range(50)
     ]
     packed = orjson.dumps(events)
     await log.append([(b"p\0dev", packed)] * 200)  # 10,000 events in 200 records
