@@ -186,7 +186,7 @@ def metric(proc: Proc, name: str) -> float:
     return float(m[1]) if m else 0.0
 
 
-def sessionizer_run(data: Path, env: dict[str, str], expected: int) -> dict[str, float]:
+def sessionizer_run(data: Path, env: dict[str, str], expected: int, keep: bool = False) -> dict[str, Any]:
     """Consume a filled topic from the start with a new group.
 
     Steady rate: events written between the first and the last sample of the
@@ -209,7 +209,8 @@ def sessionizer_run(data: Path, env: dict[str, str], expected: int) -> dict[str,
         time.sleep(0.5)
     assert first is not None
     rss = peak_rss_mb(pid_of(proc))
-    proc.stop()
+    if not keep:
+        proc.stop()
     steady_s = max(now - first[0], 1e-9)
     return {
         "events_per_s": round((written - first[1]) / steady_s, 1),
@@ -217,7 +218,66 @@ def sessionizer_run(data: Path, env: dict[str, str], expected: int) -> dict[str,
         "elapsed_s_including_startup": round(now - started, 2),
         "startup_to_first_write_s": round(first[0] - started, 2),
         "peak_rss_mb": rss,
+        **({"proc": proc} if keep else {}),
     }
+
+
+async def fill_devices(bootstrap: str, topic: str, devices: int) -> None:
+    """One event from each of ``devices`` new devices, as ingest writes them (one record per device)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
+    finally:
+        await admin.close()
+    base = beacon_events(6)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1 << 20, acks="all")
+    await producer.start()
+    try:
+        received = now_ms()
+        pending = []
+        for i in range(devices):
+            record = normalize(
+                {**base[i % 6], "anonymous_id": f"open-{i}"},
+                project="shop",
+                received_ms=received,
+                sent_at_ms=None,
+                ip="203.0.113.9",
+            )
+            pending.append(await producer.send(topic, orjson.dumps([record]), key=f"shop\x00open-{i}".encode()))
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                say(f"  open sessions: {i + 1}/{devices} devices written to {topic}")
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+def open_sessions_run(data: Path, env: dict[str, str], devices: int) -> dict[str, float]:
+    """Consume one event from each of ``devices`` devices: as many open sessions, held in memory."""
+    result = sessionizer_run(data, env, devices, keep=True)
+    proc = result.pop("proc")
+    try:
+        deadline = time.monotonic() + 15
+        while (open_now := metric(proc, "touchpoint_sessionizer_open_sessions")) < devices:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        result["open_sessions"] = open_now
+        result["rss_mb"] = current_rss_mb(pid_of(proc))
+    finally:
+        proc.stop()
+    return result
+
+
+def current_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return round(int(m.group(1)) / 1024, 1) if m else 0.0
 
 
 def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: int) -> dict[str, float]:
@@ -348,6 +408,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=15, help="duration of each wrk run")
     parser.add_argument("--connections", type=int, default=256, help="concurrent clients (browsers, apps)")
+    parser.add_argument("--open-sessions", type=int, default=1_000_000, help="devices of the open-sessions run")
     parser.add_argument("--only", choices=["all", "ingest"], default="all", help="ingest: stop after the ingest runs")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -426,6 +487,12 @@ def main() -> int:
         say(f"sessionizer: Kafka → chDB, {accepted} events from the start of the topic")
         results["sessionizer"] = sessionizer_run(workdir / "ingest", topic_env, accepted)
         say(f"  {results['sessionizer']}")
+
+        say(f"sessionizer: {args.open_sessions:,} devices, one event each: as many open sessions in memory")
+        devices_env = {**topic_env, "TOUCHPOINT_KAFKA_TOPIC": "bench.devices", "TOUCHPOINT_KAFKA_GROUP": "bench-open"}
+        asyncio.run(fill_devices(broker.bootstrap, "bench.devices", args.open_sessions))
+        results["open_sessions"] = open_sessions_run(workdir / "devices", devices_env, args.open_sessions)
+        say(f"  {results['open_sessions']}")
 
         say("reference: raw clickhouse-connect inserts of the same rows (chDB)")
         n_rows = min(accepted, 500_000)
@@ -523,6 +590,11 @@ def print_table(r: dict[str, Any]) -> None:
             f"p50 {r['ingest_embedded']['batch50']['p50_ms']} ms, p99 {r['ingest_embedded']['batch50']['p99_ms']} ms",
         ),
         ("sessionizer Kafka → chDB", f"{s['events_per_s']:,.0f} events/s", f"peak RSS {s['peak_rss_mb']} MB"),
+        (
+            "sessionizer, one event from each new device",
+            f"{r['open_sessions']['events_per_s']:,.0f} events/s",
+            f"{r['open_sessions']['open_sessions']:,.0f} open sessions: RSS {r['open_sessions']['rss_mb']} MB",
+        ),
         (
             "raw clickhouse-connect insert (reference)",
             f"{c['rows_per_s']:,.0f} rows/s",

@@ -68,7 +68,10 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
             (
                 "sessionizer",
                 Sessionizer(
-                    settings, open_reader(settings, embedded), Warehouse(settings.clickhouse_url, "sessionizer")
+                    settings,
+                    open_reader(settings, embedded),
+                    Warehouse(settings.clickhouse_url, "sessionizer"),
+                    projects,
                 ),
             )
         )

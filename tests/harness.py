@@ -128,6 +128,27 @@ class Proc:
         )
 
 
+def sessions_of(
+    proc: Proc, device: str, expected: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """Wait until GET /v1/sessions?device= answers what ``expected`` accepts; return the sessions, oldest first."""
+
+    def check() -> list[dict[str, Any]] | None:
+        r = httpx.get(
+            f"{proc.url}/v1/sessions",
+            params={"device": device, "from": "2000-01-01T00:00:00Z"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
+        )
+        if r.status_code != 200:
+            return None
+        sessions: list[dict[str, Any]] = r.json()["sessions"][::-1]
+        return sessions if expected(sessions) else None
+
+    result: list[dict[str, Any]] = wait_for(check, timeout, f"the sessions of {device}")
+    return result
+
+
 def make_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "test-projects.toml"

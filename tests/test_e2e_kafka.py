@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.testing.kafka_broker import Broker
 from tests.conftest import bootstrap_of
-from tests.harness import event_ids, journey_with, new_proc, wait_for
+from tests.harness import event_ids, journey_with, new_proc, sessions_of, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -167,6 +167,58 @@ def test_sessionizer_restart_resumes_from_committed_offsets(kafka: Broker | str,
         expected = {e["event_id"] for e in first + later}  # type: ignore[misc]
         journey = journey_with(proc, device, expected)
         assert sorted(event_ids(journey)) == sorted(expected)
+    finally:
+        proc.stop()
+
+
+def app_event(n: int, device: str, minute: int, **extra: object) -> dict[str, object]:
+    return {
+        "event_id": f"{device}-{n}",
+        "type": "screen",
+        "name": f"Screen {n}",
+        "anonymous_id": device,
+        "timestamp": f"2026-11-20T10:{minute:02d}:00Z" if minute < 60 else f"2026-11-20T11:{minute - 60:02d}:00Z",
+        "context": {"app": {"name": "shop-ios"}},
+        "timing": {"response_ms": 100.0 * n},
+        **extra,
+    }
+
+
+def test_sessions_are_stored_and_rewritten_by_a_late_offline_batch(kafka: Broker | str, tmp_path: Path) -> None:
+    """HTTP → Kafka → sessionizer → sessions table → GET /v1/sessions, across a restart."""
+    env = kafka_env(kafka, "sessions")
+    proc = new_proc("up", tmp_path / "sessions", **env).start()
+    device = f"ios-{uuid.uuid4().hex[:8]}"
+    try:
+        first = [app_event(1, device, 0), app_event(2, device, 10)]
+        later = [app_event(5, device, 50), app_event(6, device, 52, type="track", name="Order Completed")]
+        assert proc.post_batch(first).json()["accepted"] == 2
+        assert proc.post_batch(later).json()["accepted"] == 2
+        two = sessions_of(proc, device, lambda s: [x["event_count"] for x in s] == [2, 2])
+        assert [x["goals_reached"] for x in two] == [[], ["Order Completed"]]
+        assert two[0]["channel"] == "app" and two[0]["person_id"] == device
+    finally:
+        proc.stop()
+    proc.start()  # nothing held in memory now: the sessionizer recomputes from what is stored
+    try:
+        # The app's offline queue arrives an hour late: what happened in between, and the login.
+        gap = [app_event(3, device, 25, user_id="user-late"), app_event(4, device, 40)]
+        assert proc.post_batch(gap).json()["accepted"] == 2
+        one = sessions_of(proc, device, lambda s: len(s) == 1)
+        session = one[0]
+        assert session["session_id"] != two[1]["session_id"]  # the second one merged into the first
+        assert session["session_id"] == two[0]["session_id"]  # which kept its first event
+        assert session["event_count"] == 6 and session["goals_reached"] == ["Order Completed"]
+        assert session["person_id"] == "user-late"
+        assert (session["entry_touchpoint"], session["exit_touchpoint"]) == ("screen Screen 1", "track Order Completed")
+        assert session["started_at"] == "2026-11-20T10:00:00.000Z" and session["duration_seconds"] == 52 * 60
+        assert session["response_ms"] == {"median": 350.0, "max": 600.0}
+        # Resent by a client retry: counted once, the session unchanged.
+        assert proc.post_batch(gap).status_code == 200
+        more = [app_event(7, device, 55)]
+        assert proc.post_batch(more).status_code == 200
+        extended = sessions_of(proc, device, lambda s: len(s) == 1 and s[0]["event_count"] == 7)
+        assert extended[0]["session_id"] == session["session_id"]
     finally:
         proc.stop()
 

@@ -98,6 +98,13 @@ class QueryApi:
                 "The customer journey map: stages, people, conversion to the next stage, pain points",
             ),
             (
+                "/v1/sessions",
+                self.sessions,
+                "GET",
+                "query",
+                "Stored sessions, newest first: entry and exit touchpoints, errors, response times, goals",
+            ),
+            (
                 "/v1/rejected",
                 self.rejected,
                 "GET",
@@ -116,6 +123,7 @@ class QueryApi:
             "/v1/journeys/{identifier}": examples.JOURNEY,
             "/v1/journey-map": examples.JOURNEY_MAP,
             "/v1/rejected": examples.REJECTED,
+            "/v1/sessions": examples.SESSIONS,
             "/v1/identity-conflicts": examples.CONFLICTS,
             "/v1/behaviour": examples.BEHAVIOUR,
         }
@@ -172,6 +180,46 @@ class QueryApi:
         if journey is None:
             raise HTTPException(404, f"identifier: no events for {identifier!r} between from and to")
         return journey
+
+    async def sessions(
+        self,
+        request: Request,
+        person: str | None = Query(None, description="only this person's sessions (a user id, or a lone device)"),
+        device: str | None = Query(None, description="only this device's sessions (its anonymous id)"),
+        channel: str | None = Query(None, description="web, mobile_web, app, ..."),
+        goal: str | None = Query(None, description="only sessions that reached this goal"),
+        from_: str | None = Query(
+            None, alias="from", description="ISO 8601, sessions started from; default 7 days ago"
+        ),
+        to: str | None = Query(None, description="ISO 8601, sessions started before; default now"),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        """Sessions as the sessionizer stored them (one row per session, rewritten when a late event
+        or a new login changes it), newest first."""
+        project = project_for(request, self.projects)
+        start, end = time_range(from_, to)
+        params: dict[str, Any] = {"p": project.id, "s": start, "e": end, "n": limit}
+        where = [
+            "project = {p:String}",
+            "started_at >= fromUnixTimestamp64Milli({s:Int64})",
+            "started_at < fromUnixTimestamp64Milli({e:Int64})",
+        ]
+        for name, value, condition in (
+            ("person", person, "person = {person:String}"),
+            ("device", device, "device = {device:String}"),
+            ("channel", channel, "channel = {channel:String}"),
+            ("goal", goal, "has(goals, {goal:String})"),
+        ):
+            if value is not None:
+                params[name] = value
+                where.append(condition)
+        rows = await self._call(
+            self.warehouse.rows,
+            "SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms "
+            f"FROM sessions FINAL WHERE {' AND '.join(where)} ORDER BY started_at DESC, session_id LIMIT {{n:UInt32}}",
+            params,
+        )
+        return {"sessions": [_session_json(r) for r in rows], "count": len(rows)}
 
     async def rejected(
         self,
@@ -421,6 +469,32 @@ def _stage_json(name: str, index: int, summary: dict[str, Any], rows: list[dict[
             "errors": [point(r, error_rate=float(r["error_rate"])) for r in errors[:top] if r["error_rate"] > 0],
         },
         "note": None if enough or not mine else f"fewer than {MIN_OBSERVATIONS} people per touchpoint: no pain points",
+    }
+
+
+def _session_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "session_id": r["session_id"],
+        "person_id": r["person"],
+        "anonymous_id": "" if r["device"].startswith("user:") else r["device"],
+        "user_id": r["user_id"],
+        "channel": r["channel"],
+        "device": {"type": r["device_type"]},
+        "browser": r["browser"],
+        "os": r["os"],
+        "country": r["country"],
+        "network": r["network"],
+        "campaign": {"source": r["campaign_source"], "medium": r["campaign_medium"], "name": r["campaign_name"]},
+        "started_at": iso(r["start_ms"]),
+        "ended_at": iso(r["end_ms"]),
+        "duration_seconds": r["duration_ms"] / 1000,
+        "entry_touchpoint": r["entry_touchpoint"],
+        "exit_touchpoint": r["exit_touchpoint"],
+        "event_count": r["events"],
+        "pageviews": r["pageviews"],
+        "errors": r["errors"],
+        "response_ms": {"median": r["response_ms_median"], "max": r["response_ms_max"]},
+        "goals_reached": list(r["goals"]),
     }
 
 

@@ -111,3 +111,32 @@ BEHAVIOUR = {
         }
     ],
 }
+
+SESSIONS = {
+    "sessions": [
+        {
+            "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce",
+            "person_id": "user-42",
+            "anonymous_id": "a1f3",
+            "user_id": "",
+            "channel": "web",
+            "device": {"type": "desktop"},
+            "browser": "Chrome",
+            "os": "Windows",
+            "country": "DE",
+            "network": "4g",
+            "campaign": {"source": "newsletter", "medium": "email", "name": "black-friday"},
+            "started_at": "2026-11-22T09:00:00.000Z",
+            "ended_at": "2026-11-22T09:04:10.000Z",
+            "duration_seconds": 250.0,
+            "entry_touchpoint": "page /",
+            "exit_touchpoint": "page /search",
+            "event_count": 4,
+            "pageviews": 3,
+            "errors": 1,
+            "response_ms": {"median": 820.0, "max": 3400.0},
+            "goals_reached": [],
+        }
+    ],
+    "count": 1,
+}

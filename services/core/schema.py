@@ -67,6 +67,35 @@ EVENT_COLUMNS: Final = (
 )
 LINK_COLUMNS: Final = ("project", "anonymous_id", "user_id", "first_seen", "last_seen")
 REJECTED_COLUMNS: Final = ("project", "received_at", "batch_index", "error", "payload")
+SESSION_COLUMNS: Final = (
+    "project",
+    "device",
+    "session_id",
+    "person",
+    "user_id",
+    "channel",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "network",
+    "campaign_source",
+    "campaign_medium",
+    "campaign_name",
+    "started_at",
+    "ended_at",
+    "duration_ms",
+    "entry_touchpoint",
+    "exit_touchpoint",
+    "events",
+    "pageviews",
+    "errors",
+    "response_ms_median",
+    "response_ms_max",
+    "goals",
+    "version",
+    "is_deleted",
+)
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
@@ -170,6 +199,47 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """
             ALTER TABLE events ADD COLUMN IF NOT EXISTS is_late UInt8
                 COMMENT 'received later than the allowed lateness after it happened' AFTER ip
+            """,
+        ),
+    ),
+    Migration(
+        4,
+        "sessions",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS sessions (
+                project LowCardinality(String),
+                device String COMMENT 'anonymous id, or user:<user id> for events without one',
+                session_id String,
+                person String COMMENT 'as known when the row was written; a later link rewrites it',
+                user_id String COMMENT 'the first user id the session carried',
+                channel LowCardinality(String),
+                browser LowCardinality(String),
+                os LowCardinality(String),
+                device_type LowCardinality(String),
+                country LowCardinality(String),
+                network LowCardinality(String),
+                campaign_source LowCardinality(String),
+                campaign_medium LowCardinality(String),
+                campaign_name String,
+                started_at {TS},
+                ended_at {TS},
+                duration_ms UInt64,
+                entry_touchpoint String,
+                exit_touchpoint String,
+                events UInt32,
+                pageviews UInt32,
+                errors UInt32,
+                response_ms_median Nullable(Float64),
+                response_ms_max Nullable(Float64),
+                goals Array(String) COMMENT 'the project goals reached',
+                version UInt64 COMMENT 'the newest row of a session wins',
+                is_deleted UInt8 COMMENT '1: the session no longer exists (a late event merged or moved it)',
+                INDEX idx_person person TYPE bloom_filter GRANULARITY 4,
+                INDEX idx_started started_at TYPE minmax GRANULARITY 1
+            )
+            ENGINE = ReplacingMergeTree(version, is_deleted)
+            ORDER BY (project, device, session_id)
             """,
         ),
     ),

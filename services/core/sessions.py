@@ -4,14 +4,21 @@ A session is one device's events in time order; a gap longer than the project's
 timeout, or a new campaign (UTM source, medium, name), starts the next one. The
 session id is derived from the device and its first event, so every mode and
 every re-run computes the same id.
+
+The sessionizer keeps a ``SessionSummary`` per open session and folds each new
+event into it (no re-read); an event that arrives out of order makes it
+recompute the sessions around it from the stored events, with the same rule.
 """
 
 from __future__ import annotations
 
+import heapq
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+from services.core.identity import Link, device_owner, is_placeholder
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-3c1b-4a8e-9d0a-7a6b1e2f4c3d")
 
@@ -43,6 +50,15 @@ def campaign_of(event: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def starts_new_session(
+    ended_at: int, first_campaign: tuple[str, str, str], event: Mapping[str, Any], timeout_ms: int
+) -> bool:
+    """The rule: the next event of a device starts a new session after a gap longer than the
+    timeout, or when it carries a campaign other than the session's first event's."""
+    campaign = campaign_of(event)
+    return int(event["timestamp"]) - ended_at > timeout_ms or (any(campaign) and campaign != first_campaign)
+
+
 def session_id(project: str, device: str, first_event_id: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{project}\x00{device}\x00{first_event_id}"))
 
@@ -61,9 +77,7 @@ def sessionize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[Ses
         current: Session | None = None
         for event in device_events:
             ts = int(event["timestamp"])
-            campaign = campaign_of(event)
-            new_campaign = any(campaign) and current is not None and campaign != campaign_of(current.first)
-            if current is None or ts - current.ended_at > timeout_ms or new_campaign:
+            if current is None or starts_new_session(current.ended_at, campaign_of(current.first), event, timeout_ms):
                 current = Session(
                     session_id=session_id(str(event.get("project", "")), device, str(event["event_id"])),
                     device=device,
@@ -76,3 +90,219 @@ def sessionize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[Ses
             current.ended_at = ts
     sessions.sort(key=lambda s: (s.started_at, s.session_id))
     return sessions
+
+
+# The event fields a session is built from: what the sessionizer keeps and reads back.
+SESSION_EVENT_FIELDS: Final = (
+    "project",
+    "event_id",
+    "anonymous_id",
+    "user_id",
+    "timestamp",
+    "type",
+    "name",
+    "path",
+    "channel",
+    "campaign_source",
+    "campaign_medium",
+    "campaign_name",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "network",
+    "response_ms",
+    "error_kind",
+)
+_FIRST_EVENT_ATTRIBUTES: Final = ("channel", "browser", "os", "device_type", "country", "network")
+# How many of a session's newest event ids are remembered to recognise a resent event.
+RECENT_IDS: Final = 16
+
+
+def label_of(event: Mapping[str, Any]) -> str:
+    """A touchpoint as the query API names it: ``page /cart`` or ``track Order Completed``."""
+    if event.get("type") == "page":
+        return f"page {event.get('path') or ''}"
+    return f"{event.get('type') or ''} {event.get('name') or ''}"
+
+
+def event_key(event: Mapping[str, Any]) -> tuple[int, str]:
+    """Events of a device are ordered by time, then id: the same order in every mode."""
+    return int(event["timestamp"]), str(event["event_id"])
+
+
+class RunningMedian:
+    """The median of a growing series in O(log n) per value (two heaps), for sessions of any length."""
+
+    __slots__ = ("_high", "_low")
+
+    def __init__(self) -> None:
+        self._low: list[float] = []  # max-heap (negated): the lower half
+        self._high: list[float] = []  # min-heap: the upper half
+
+    def add(self, value: float) -> None:
+        if self._low and value > -self._low[0]:
+            heapq.heappush(self._high, value)
+        else:
+            heapq.heappush(self._low, -value)
+        if len(self._low) > len(self._high) + 1:
+            heapq.heappush(self._high, -heapq.heappop(self._low))
+        elif len(self._high) > len(self._low):
+            heapq.heappush(self._low, -heapq.heappop(self._high))
+
+    def median(self) -> float | None:
+        if not self._low:
+            return None
+        if len(self._low) > len(self._high):
+            return -self._low[0]
+        return (-self._low[0] + self._high[0]) / 2
+
+
+class SessionSummary:
+    """One session, folded event by event in time order: everything its stored row holds,
+    without keeping its events."""
+
+    __slots__ = (
+        "attributes",
+        "device",
+        "ended_at",
+        "entry",
+        "errors",
+        "events",
+        "exit",
+        "first_campaign",
+        "goals",
+        "last_key",
+        "pageviews",
+        "project",
+        "recent_ids",
+        "response_max",
+        "response_median",
+        "session_id",
+        "started_at",
+        "user_id",
+    )
+
+    def __init__(self, first: Mapping[str, Any]) -> None:
+        self.project = str(first.get("project") or "")
+        self.device = device_of(first)
+        self.session_id = session_id(self.project, self.device, str(first["event_id"]))
+        self.started_at = self.ended_at = int(first["timestamp"])
+        self.first_campaign = campaign_of(first)
+        self.attributes = tuple(str(first.get(k) or "") for k in _FIRST_EVENT_ATTRIBUTES)
+        self.user_id = ""
+        self.entry = self.exit = ""
+        self.events = self.pageviews = self.errors = 0
+        self.response_median = RunningMedian()
+        self.response_max: float | None = None
+        self.goals: set[str] = set()
+        self.recent_ids: list[str] = []
+        self.last_key = event_key(first)
+        self.add(first)
+
+    def continues_with(self, event: Mapping[str, Any], timeout_ms: int) -> bool:
+        return not starts_new_session(self.ended_at, self.first_campaign, event, timeout_ms)
+
+    def add(self, event: Mapping[str, Any]) -> None:
+        """Fold in the next event (callers keep time order: ``event_key`` not below ``last_key``)."""
+        self.ended_at = max(self.ended_at, int(event["timestamp"]))
+        self.last_key = max(self.last_key, event_key(event))
+        self.events += 1
+        user_id = str(event.get("user_id") or "")
+        if not self.user_id and user_id and not is_placeholder(user_id):
+            self.user_id = user_id
+        if event.get("type") == "page":
+            self.pageviews += 1
+        if event.get("error_kind"):
+            self.errors += 1
+        response = event.get("response_ms")
+        if response is not None:
+            self.response_median.add(float(response))
+            self.response_max = float(response) if self.response_max is None else max(self.response_max, response)
+        if event.get("type") != "identify":
+            self.exit = label_of(event)
+            if not self.entry:
+                self.entry = self.exit
+        self.goals.add(str(event.get("name") or ""))
+        self.recent_ids.append(str(event["event_id"]))
+        del self.recent_ids[:-RECENT_IDS]
+
+    def person(self, links: Sequence[Link]) -> str:
+        return session_person(self.user_id, self.device, self.started_at, links)
+
+    def row(self, links: Sequence[Link], goals: Collection[str], version: int) -> dict[str, Any]:
+        """The sessions-table row (JSONEachRow: times in epoch seconds)."""
+        channel, browser, os_name, device_type, country, network = self.attributes
+        source, medium, name = self.first_campaign
+        return {
+            "project": self.project,
+            "device": self.device,
+            "session_id": self.session_id,
+            "person": self.person(links),
+            "user_id": self.user_id,
+            "channel": channel,
+            "browser": browser,
+            "os": os_name,
+            "device_type": device_type,
+            "country": country,
+            "network": network,
+            "campaign_source": source,
+            "campaign_medium": medium,
+            "campaign_name": name,
+            "started_at": self.started_at / 1000,
+            "ended_at": self.ended_at / 1000,
+            "duration_ms": self.ended_at - self.started_at,
+            "entry_touchpoint": self.entry,
+            "exit_touchpoint": self.exit,
+            "events": self.events,
+            "pageviews": self.pageviews,
+            "errors": self.errors,
+            "response_ms_median": self.response_median.median(),
+            "response_ms_max": self.response_max,
+            "goals": sorted(g for g in goals if g in self.goals),
+            "version": version,
+            "is_deleted": 0,
+        }
+
+
+def session_person(user_id: str, device: str, started_at: int, links: Sequence[Link]) -> str:
+    """Whose session: the user it names, else its device's owner when it started, else the device."""
+    if user_id:
+        return user_id
+    if device.startswith("user:"):
+        return device[5:]
+    return device_owner(links, started_at) or device
+
+
+def summarize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[SessionSummary]:
+    """The summaries of ``sessionize``: the same sessions, folded; an event id counts once
+    (the first copy given)."""
+    unique: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        unique.setdefault(str(event["event_id"]), event)
+    out = []
+    for session in sessionize(unique.values(), timeout_ms):
+        ordered = sorted(session.events, key=event_key)
+        summary = SessionSummary(ordered[0])
+        for event in ordered[1:]:
+            summary.add(event)
+        out.append(summary)
+    return out
+
+
+def span_to_recompute(stored: Iterable[tuple[int, int]], lo: int, hi: int, timeout_ms: int) -> tuple[int, int]:
+    """The time span whose sessions new events at ``lo``..``hi`` can change.
+
+    ``stored`` are the (start, end) of the device's stored sessions. A session within the
+    timeout of the span may merge with it (or, split by a campaign, change), so it joins the
+    span, and so on; a session further away is bounded by a gap that new events outside it
+    cannot close. Every stored session overlapping the result lies wholly inside it.
+    """
+    spans = sorted(stored)
+    changed = True
+    while changed:
+        changed = False
+        for start, end in spans:
+            if start <= hi + timeout_ms and end >= lo - timeout_ms and (start < lo or end > hi):
+                lo, hi, changed = min(lo, start), max(hi, end), True
+    return lo, hi

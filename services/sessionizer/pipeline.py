@@ -24,7 +24,8 @@ from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
-from .rows import event_json, link_rows, rejected_row
+from .open_sessions import OpenSessions
+from .rows import event_row, link_rows, rejected_row, session_event
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -61,6 +62,7 @@ class Decoded:
     """One batch, decoded into the rows of each table."""
 
     events: list[bytes] = field(default_factory=list)  # JSONEachRow lines
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # what sessionization needs of each event
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
     late: int = 0
@@ -68,6 +70,7 @@ class Decoded:
 
     def extend(self, other: Decoded) -> None:
         self.events.extend(other.events)
+        self.sessions.extend(other.sessions)
         self.links.extend(other.links)
         self.rejected.extend(other.rejected)
         self.late += other.late
@@ -85,7 +88,9 @@ def decode(records: list[LogRecord]) -> Decoded:
             for item in value if isinstance(value, list) else (value,):
                 kind = item.get("kind")
                 if kind == "event":
-                    out.events.append(event_json(item))
+                    row = event_row(item)
+                    out.events.append(orjson.dumps(row))
+                    out.sessions.append(session_event(item, row))
                     event_records.append(item)
                     out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
                     if item.get("late"):
@@ -136,9 +141,11 @@ class Pipeline:
         max_events: int,
         max_seconds: float,
         max_bytes: int = 8 << 20,
+        sessions: OpenSessions | None = None,
     ) -> None:
         self.reader = reader
         self.warehouse = warehouse
+        self.sessions = sessions
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
@@ -152,6 +159,8 @@ class Pipeline:
         """Called by the log before a rebalance hands partitions to another consumer: the batch
         in hand is cut short, written and committed, so the next owner does not read it again."""
         if not self._running:
+            if self.sessions is not None:
+                self.sessions.forget()
             return
         self._flushed.clear()
         self._flush_requested.set()
@@ -163,6 +172,9 @@ class Pipeline:
                 "(stored once all the same: queries count each event_id once)",
                 extra={"timeout_s": REVOKE_FLUSH_TIMEOUT_S},
             )
+        finally:
+            if self.sessions is not None:  # the next owner extends these sessions now
+                self.sessions.forget()
 
     def _flush_done(self) -> None:
         if self._flush_requested.is_set():
@@ -234,6 +246,8 @@ class Pipeline:
         self.warehouse.insert_json("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
         self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
+        if self.sessions is not None:  # last: it reads the events just stored when it must recompute
+            self.sessions.apply(decoded.sessions)
 
     async def write_with_retry(self, records: list[LogRecord], decoded: Decoded, stop: asyncio.Event) -> bool:
         delay = 0.2

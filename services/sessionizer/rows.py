@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import orjson
 
 from services.core.identity import links_in
+from services.core.sessions import SESSION_EVENT_FIELDS
 
 
 def _dt(ms: int | None) -> datetime | None:
@@ -45,6 +46,18 @@ def _seconds(ms: int | None) -> float | None:
 
 def event_json(record: Mapping[str, Any]) -> bytes:
     """One events-table row as a JSONEachRow line (ClickHouse parses it in C++, fast)."""
+    return orjson.dumps(event_row(record))
+
+
+def session_event(record: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
+    """What sessionization needs of one event (its time in ms), from the event's row."""
+    out = {name: row[name] for name in SESSION_EVENT_FIELDS}
+    out["timestamp"] = int(record["timestamp"])
+    return out
+
+
+def event_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One events-table row: the log record flattened into the table's columns."""
     context = record.get("context") or {}
     page = context.get("page") if isinstance(context.get("page"), dict) else {}
     url = _str(page, "url")
@@ -54,52 +67,50 @@ def event_json(record: Mapping[str, Any]) -> bytes:
     error = record.get("error") or {}
     ua = record.get("ua") or {}
     geo = record.get("geo") or {}
-    return orjson.dumps(
-        {
-            "project": record["project"],
-            "event_id": record["event_id"],
-            "type": record["type"],
-            "name": record["name"],
-            "anonymous_id": record["anonymous_id"],
-            "user_id": record["user_id"],
-            "timestamp": record["timestamp"] / 1000,
-            "client_timestamp": _seconds(record.get("client_timestamp")),
-            "sent_at": _seconds(record.get("sent_at")),
-            "received_at": record["received_at"] / 1000,
-            "channel": record["channel"],
-            "url": url,
-            "path": path,
-            "referrer": _str(page, "referrer"),
-            "title": _str(page, "title"),
-            "campaign_source": source,
-            "campaign_medium": medium,
-            "campaign_name": name,
-            "user_agent": _str(context, "user_agent"),
-            "browser": _str(context, "browser", "name") or ua.get("browser", ""),
-            "browser_version": _str(context, "browser", "version") or ua.get("browser_version", ""),
-            "os": _str(context, "os", "name") or ua.get("os", ""),
-            "os_version": _str(context, "os", "version") or ua.get("os_version", ""),
-            "device_type": _str(context, "device", "type") or ua.get("device_type", ""),
-            "is_bot": 1 if ua.get("bot") else 0,
-            "country": _str(context, "location", "country") or geo.get("country", ""),
-            "region": _str(context, "location", "region") or geo.get("region", ""),
-            "city": _str(context, "location", "city") or geo.get("city", ""),
-            "network": _str(context, "network", "effective_type") or _str(context, "network", "type"),
-            "ip": record.get("ip", ""),
-            "is_late": 1 if record.get("late") else 0,
-            "response_ms": timing.get("response_ms"),
-            "ttfb_ms": timing.get("ttfb_ms"),
-            "load_ms": timing.get("load_ms"),
-            "lcp_ms": timing.get("lcp_ms"),
-            "inp_ms": timing.get("inp_ms"),
-            "cls": timing.get("cls"),
-            "error_kind": error.get("kind", ""),
-            "error_message": error.get("message", ""),
-            "error_fatal": 1 if error.get("fatal") else 0,
-            "properties": orjson.dumps(record.get("properties") or {}).decode(),
-            "context": orjson.dumps(context).decode(),
-        }
-    )
+    return {
+        "project": record["project"],
+        "event_id": record["event_id"],
+        "type": record["type"],
+        "name": record["name"],
+        "anonymous_id": record["anonymous_id"],
+        "user_id": record["user_id"],
+        "timestamp": record["timestamp"] / 1000,
+        "client_timestamp": _seconds(record.get("client_timestamp")),
+        "sent_at": _seconds(record.get("sent_at")),
+        "received_at": record["received_at"] / 1000,
+        "channel": record["channel"],
+        "url": url,
+        "path": path,
+        "referrer": _str(page, "referrer"),
+        "title": _str(page, "title"),
+        "campaign_source": source,
+        "campaign_medium": medium,
+        "campaign_name": name,
+        "user_agent": _str(context, "user_agent"),
+        "browser": _str(context, "browser", "name") or ua.get("browser", ""),
+        "browser_version": _str(context, "browser", "version") or ua.get("browser_version", ""),
+        "os": _str(context, "os", "name") or ua.get("os", ""),
+        "os_version": _str(context, "os", "version") or ua.get("os_version", ""),
+        "device_type": _str(context, "device", "type") or ua.get("device_type", ""),
+        "is_bot": 1 if ua.get("bot") else 0,
+        "country": _str(context, "location", "country") or geo.get("country", ""),
+        "region": _str(context, "location", "region") or geo.get("region", ""),
+        "city": _str(context, "location", "city") or geo.get("city", ""),
+        "network": _str(context, "network", "effective_type") or _str(context, "network", "type"),
+        "ip": record.get("ip", ""),
+        "is_late": 1 if record.get("late") else 0,
+        "response_ms": timing.get("response_ms"),
+        "ttfb_ms": timing.get("ttfb_ms"),
+        "load_ms": timing.get("load_ms"),
+        "lcp_ms": timing.get("lcp_ms"),
+        "inp_ms": timing.get("inp_ms"),
+        "cls": timing.get("cls"),
+        "error_kind": error.get("kind", ""),
+        "error_message": error.get("message", ""),
+        "error_fatal": 1 if error.get("fatal") else 0,
+        "properties": orjson.dumps(record.get("properties") or {}).decode(),
+        "context": orjson.dumps(context).decode(),
+    }
 
 
 def link_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:

@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 from services.core.eventlog import LogReader
-from services.core.settings import Settings
+from services.core.settings import Projects, Settings
 from services.core.warehouse import Warehouse
 
+from .open_sessions import OpenSessions
 from .pipeline import Pipeline
 
 log = logging.getLogger("touchpoint.sessionizer")
@@ -20,11 +21,16 @@ DRAIN_TIMEOUT_S = 20.0
 
 
 class Sessionizer:
-    def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse) -> None:
+    def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse, projects: Projects) -> None:
         self.reader = reader
         self.warehouse = warehouse
         self.pipeline = Pipeline(
-            reader, warehouse, settings.batch_max_events, settings.batch_max_seconds, settings.batch_max_bytes
+            reader,
+            warehouse,
+            settings.batch_max_events,
+            settings.batch_max_seconds,
+            settings.batch_max_bytes,
+            OpenSessions(warehouse, projects, settings.max_open_sessions),
         )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

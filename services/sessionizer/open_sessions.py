@@ -1,0 +1,298 @@
+"""Sessions as a table: fold each batch's events into the open sessions and write their rows.
+
+In order, the common case, an event extends (or closes) its device's open session held
+in memory: no read. Otherwise — an event older than the device's newest, a resent event,
+a device this process does not hold (after a restart or a rebalance), a new identity
+link — the device's sessions around the new events are recomputed from the stored
+events with the same pure rule (``services.core.sessions``), sessions that no longer
+exist get a tombstone, and sessions whose person changed are rewritten. Rows carry a
+version (``ReplacingMergeTree(version, is_deleted)``); queries read ``FINAL``.
+
+Called by the pipeline after the batch's events and links are stored, in one thread at
+a time; the in-memory state changes only once the rows are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Gauge
+
+from services.core.identity import Link, is_placeholder
+from services.core.schema import SESSION_COLUMNS
+from services.core.sessions import (
+    SESSION_EVENT_FIELDS,
+    SessionSummary,
+    device_of,
+    event_key,
+    session_person,
+    span_to_recompute,
+    summarize,
+)
+from services.core.settings import Projects
+from services.core.warehouse import Warehouse
+
+log = logging.getLogger("touchpoint.sessionizer")
+
+SESSIONS_WRITTEN = Counter("touchpoint_sessionizer_session_rows_written_total", "Session rows written (new versions)")
+RECOMPUTED = Counter(
+    "touchpoint_sessionizer_session_recomputes_total",
+    "Devices whose sessions were recomputed from stored events (late or out-of-order events, restarts, links)",
+)
+OPEN_SESSIONS = Gauge(
+    "touchpoint_sessionizer_open_sessions", "Sessions held in memory that can still grow (within their timeout)"
+)
+HELD = Gauge("touchpoint_sessionizer_sessions_held", "Devices whose newest session is held in memory")
+
+DEFAULT_TIMEOUT_MS = 30 * 60_000
+# A device whose newest session ended this long before the newest event seen is let go
+# (past its timeout, its next event starts a new session; a late one is recomputed).
+SWEEP_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class _Device:
+    newest: SessionSummary  # the device's newest session: only events after it extend it cheaply
+    links: dict[str, int]  # user id -> first seen (ms): who the device belongs to when
+    version: int
+
+
+def _links(anonymous_id: str, links: Mapping[str, int]) -> list[Link]:
+    return [Link(anonymous_id, user_id, first, first) for user_id, first in links.items()]
+
+
+class OpenSessions:
+    def __init__(self, warehouse: Warehouse, projects: Projects | None = None, max_held: int = 2_000_000) -> None:
+        self.warehouse = warehouse
+        self.max_held = max_held
+        self._timeouts = {p.id: p.session_timeout_minutes * 60_000 for p in (projects.items if projects else ())}
+        self._goals = {p.id: p.goals for p in (projects.items if projects else ())}
+        self._held: OrderedDict[tuple[str, str], _Device] = OrderedDict()
+        self._clock = 0
+        self._newest_ts = 0
+        self._swept_at = 0.0
+        self._generation = 0  # bumped by forget(): a write begun before must not refill what it let go
+
+    def timeout_ms(self, project: str) -> int:
+        return self._timeouts.get(project, DEFAULT_TIMEOUT_MS)
+
+    def forget(self) -> None:
+        """Partitions were revoked: another process now extends these sessions."""
+        self._generation += 1
+        self._held.clear()
+        HELD.set(0)
+        OPEN_SESSIONS.set(0)
+
+    def _version(self, floor: int = 0) -> int:
+        self._clock = max(time.time_ns(), self._clock + 1, floor + 1)
+        return self._clock
+
+    def apply(self, events: Sequence[Mapping[str, Any]]) -> int:
+        """Blocking: fold the batch's (already stored) events into sessions; write the rows.
+
+        Returns the number of session rows written."""
+        generation = self._generation
+        by_device: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for event in events:
+            by_device.setdefault((str(event["project"]), device_of(event)), []).append(event)
+        rows: list[dict[str, Any]] = []
+        updates: dict[tuple[str, str], _Device | None] = {}
+        slow: dict[str, list[tuple[str, list[Mapping[str, Any]]]]] = {}
+        for key, device_events in by_device.items():
+            device_events.sort(key=event_key)
+            if not self._extend(key, device_events, rows, updates):
+                slow.setdefault(key[0], []).append((key[1], device_events))
+        for project, items in slow.items():
+            RECOMPUTED.inc(len(items))
+            self._recompute(project, items, rows, updates)
+        try:
+            self.warehouse.insert_json("sessions", [orjson.dumps(r) for r in rows], SESSION_COLUMNS)
+        except Exception:
+            for key in by_device:  # the summaries may hold events whose rows were not written
+                self._held.pop(key, None)
+            raise
+        SESSIONS_WRITTEN.inc(len(rows))
+        if generation != self._generation:
+            return len(rows)
+        for key, state in updates.items():
+            if state is None:
+                self._held.pop(key, None)
+            else:
+                self._held[key] = state
+                self._held.move_to_end(key)
+        if events:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
+            newest = min(max(int(e["timestamp"]) for e in events), time.time_ns() // 1_000_000)
+            self._newest_ts = max(self._newest_ts, newest)
+        self._sweep()
+        return len(rows)
+
+    def _extend(
+        self,
+        key: tuple[str, str],
+        events: list[Mapping[str, Any]],
+        rows: list[dict[str, Any]],
+        updates: dict[tuple[str, str], _Device | None],
+    ) -> bool:
+        """The cheap path: every event comes after the device's newest session's last one."""
+        state = self._held.get(key)
+        if state is None:
+            return False
+        newest = state.newest
+        if event_key(events[0]) <= newest.last_key:
+            return False
+        ids = [str(e["event_id"]) for e in events]
+        if len(set(ids)) < len(ids) or any(i in newest.recent_ids for i in ids):
+            return False  # a resent event: the stored events say which copy counts
+        for event in events:
+            user_id = str(event.get("user_id") or "")
+            if event.get("anonymous_id") and user_id and not is_placeholder(user_id):
+                first = state.links.get(user_id)
+                if first is None or int(event["timestamp"]) < first:
+                    return False  # a new link may change whose earlier sessions were
+        project, device = key
+        timeout = self.timeout_ms(project)
+        touched = [newest]
+        for event in events:
+            if touched[-1].continues_with(event, timeout):
+                touched[-1].add(event)
+            else:
+                touched.append(SessionSummary(event))
+        version = self._version(state.version)
+        links = _links(device, state.links)
+        goals = self._goals.get(project, ())
+        rows.extend(s.row(links, goals, version) for s in touched)
+        updates[key] = _Device(touched[-1], state.links, version)
+        return True
+
+    def _recompute(
+        self,
+        project: str,
+        items: list[tuple[str, list[Mapping[str, Any]]]],
+        rows: list[dict[str, Any]],
+        updates: dict[tuple[str, str], _Device | None],
+    ) -> None:
+        """The exact path: recompute the devices' sessions around the new events from storage."""
+        devices = [device for device, _ in items]
+        timeout = self.timeout_ms(project)
+        goals = self._goals.get(project, ())
+        stored: dict[str, list[dict[str, Any]]] = {}
+        for row in self.warehouse.rows(
+            "SELECT * EXCEPT (started_at, ended_at), toUnixTimestamp64Milli(started_at) AS start_ms, "
+            "toUnixTimestamp64Milli(ended_at) AS end_ms FROM sessions FINAL "
+            "WHERE project = {project:String} AND device IN {devices:Array(String)}",
+            {"project": project, "devices": devices},
+        ):
+            stored.setdefault(row["device"], []).append(row)
+        links: dict[str, dict[str, int]] = {}
+        for row in self.warehouse.rows(
+            "SELECT anonymous_id, user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
+            "WHERE project = {project:String} AND anonymous_id IN {devices:Array(String)} "
+            "GROUP BY anonymous_id, user_id",
+            {"project": project, "devices": devices},
+        ):
+            links.setdefault(row["anonymous_id"], {})[row["user_id"]] = int(row["first_seen"])
+        spans: dict[str, tuple[int, int]] = {}
+        for device, events in items:
+            lo = int(events[0]["timestamp"])
+            hi = max(int(e["timestamp"]) for e in events)
+            spans[device] = span_to_recompute(
+                ((s["start_ms"], s["end_ms"]) for s in stored.get(device, ())), lo, hi, timeout
+            )
+        reread = {d: spans[d] for d in devices if any(_inside(s, spans[d]) for s in stored.get(d, ()))}
+        stored_events = self._stored_events(project, reread)
+        for device, events in items:
+            span = spans[device]
+            device_links = _links(device, links.get(device, {}))
+            inside = [s for s in stored.get(device, ()) if _inside(s, span)]
+            outside = [s for s in stored.get(device, ()) if not _inside(s, span)]
+            merged: dict[str, Mapping[str, Any]] = {}
+            for event in (*stored_events.get(device, ()), *events):
+                merged.setdefault(str(event["event_id"]), event)
+            summaries = summarize(merged.values(), timeout)
+            version = self._version(max((int(s["version"]) for s in stored.get(device, ())), default=0))
+            rows.extend(s.row(device_links, goals, version) for s in summaries)
+            now_ids = {s.session_id for s in summaries}
+            for old in inside:
+                if old["session_id"] not in now_ids:
+                    rows.append(_stored_row(old, version, is_deleted=1))
+            for old in outside:
+                person = session_person(old["user_id"], device, old["start_ms"], device_links)
+                if person != old["person"]:
+                    rows.append(_stored_row(old, version, person=person))
+            newest_stored = max((s["start_ms"] for s in outside), default=None)
+            newest = summaries[-1] if summaries else None
+            key = (project, device)
+            if newest is not None and (newest_stored is None or newest.started_at > newest_stored):
+                updates[key] = _Device(newest, links.get(device, {}), version)
+            else:
+                updates[key] = None  # the newest session is an older stored one: not held
+
+    def _stored_events(self, project: str, spans: Mapping[str, tuple[int, int]]) -> dict[str, list[dict[str, Any]]]:
+        """The stored events of each device within its span (the batch's own included)."""
+        if not spans:
+            return {}
+        anonymous = [d for d in spans if not d.startswith("user:")]
+        users = [d[5:] for d in spans if d.startswith("user:")]
+        rows = self.warehouse.rows(
+            _STORED_EVENTS_SQL,
+            {
+                "project": project,
+                "anonymous": anonymous,
+                "users": users,
+                "lo": min(lo for lo, _ in spans.values()),
+                "hi": max(hi for _, hi in spans.values()),
+            },
+        )
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            row["timestamp"] = row.pop("ts")
+            device = device_of(row)
+            lo, hi = spans.get(device, (1, 0))
+            if lo <= row["timestamp"] <= hi:
+                out.setdefault(device, []).append(row)
+        return out
+
+    def _sweep(self) -> None:
+        """Let go of sessions past their timeout; count the open ones."""
+        now = time.monotonic()
+        while len(self._held) > self.max_held:
+            self._held.popitem(last=False)
+        if now - self._swept_at < SWEEP_EVERY_S:
+            HELD.set(len(self._held))
+            return
+        self._swept_at = now
+        open_now = 0
+        for key in list(self._held):
+            state = self._held[key]
+            if state.newest.ended_at < self._newest_ts - self.timeout_ms(key[0]):
+                del self._held[key]
+            else:
+                open_now += 1
+        OPEN_SESSIONS.set(open_now)
+        HELD.set(len(self._held))
+
+
+_STORED_EVENTS_SQL = f"""
+SELECT {", ".join("toUnixTimestamp64Milli(timestamp) AS ts" if f == "timestamp" else f for f in SESSION_EVENT_FIELDS)}
+FROM events FINAL
+WHERE project = {{project:String}}
+  AND (anonymous_id IN {{anonymous:Array(String)}} OR (anonymous_id = '' AND user_id IN {{users:Array(String)}}))
+  AND timestamp >= fromUnixTimestamp64Milli({{lo:Int64}}) AND timestamp <= fromUnixTimestamp64Milli({{hi:Int64}})
+"""
+
+
+def _inside(session: Mapping[str, Any], span: tuple[int, int]) -> bool:
+    return bool(span[0] <= session["start_ms"] and session["end_ms"] <= span[1])
+
+
+def _stored_row(stored: Mapping[str, Any], version: int, **changes: Any) -> dict[str, Any]:
+    row = {name: stored[name] for name in SESSION_COLUMNS if name not in ("started_at", "ended_at")}
+    row.update(started_at=stored["start_ms"] / 1000, ended_at=stored["end_ms"] / 1000, version=version, is_deleted=0)
+    row.update(changes)
+    return row

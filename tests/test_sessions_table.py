@@ -1,0 +1,208 @@
+"""The sessions table on the real embedded ClickHouse engine: what the sessionizer writes
+agrees with the pure rule, whatever the arrival order, batching, restarts and rebalances."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.core.eventlog import EmbeddedLog, LogRecord
+from services.core.events import normalize
+from services.core.identity import links_in
+from services.core.sessions import session_person, summarize
+from services.core.settings import Project, Projects
+from services.core.warehouse import Warehouse
+from services.sessionizer.open_sessions import OpenSessions
+from services.sessionizer.pipeline import Pipeline, decode
+
+MIN = 60_000
+BASE_MS = 1_795_000_000_000  # 2026-11-18
+GOAL = "Order Completed"
+_offsets = itertools.count()
+_projects = itertools.count()
+
+
+def raw_event(i: int, device: str, minute: int, user: str, kind: int) -> dict[str, Any]:
+    """Event ``i`` of a device: pages, a goal, errors, response times and a campaign now and then."""
+    ts = datetime.fromtimestamp((BASE_MS + minute * MIN + i) / 1000, tz=UTC).isoformat()
+    raw: dict[str, Any] = {
+        "event_id": f"e{i}",
+        "anonymous_id": device,
+        "user_id": user,
+        "timestamp": ts,
+        "timing": {"response_ms": float(100 + (i * 37) % 900)},
+        "context": {"page": {"path": f"/p{i % 3}"}},
+    }
+    if kind == 0:
+        raw.update(type="page")
+    elif kind == 1:
+        raw.update(type="track", name=GOAL)
+    elif kind == 2:
+        raw.update(type="track", name="Crash", error={"kind": "js", "message": "boom"})
+    else:
+        raw.update(type="page", context={"page": {"path": "/", "url": f"https://s.example/?utm_source=s{kind}"}})
+    return raw
+
+
+def records_of(raws: list[dict[str, Any]], project: str) -> list[LogRecord]:
+    out = []
+    for raw in raws:
+        record = normalize(raw, project=project, received_ms=BASE_MS + 400 * MIN, sent_at_ms=None, ip="127.0.0.1")
+        offset = next(_offsets)
+        out.append(LogRecord(0, offset, offset + 1, b"k", orjson.dumps(record), topic="sessions-test"))
+    return out
+
+
+def expected_rows(records: list[LogRecord], goals: tuple[str, ...]) -> list[tuple[Any, ...]]:
+    """The pure rule over every event: the rows the table must hold."""
+    events = [s for r in records for s in decode([r]).sessions]
+    links = [link for _, link in links_in(events)]
+    out = []
+    for s in summarize(events, 30 * MIN):
+        device_links = [link for link in links if link.anonymous_id == s.device]
+        row = s.row(device_links, goals, 0)
+        out.append(_shape(row, session_person(s.user_id, s.device, s.started_at, device_links)))
+    return sorted(out, key=_by_start)
+
+
+def _by_start(shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    return shape[2], shape[0]
+
+
+def _shape(row: dict[str, Any], person: str) -> tuple[Any, ...]:
+    return (
+        row["session_id"],
+        row["device"],
+        round(row["started_at"] * 1000),
+        round(row["ended_at"] * 1000),
+        row["events"],
+        row["pageviews"],
+        row["errors"],
+        row["entry_touchpoint"],
+        row["exit_touchpoint"],
+        row["response_ms_median"],
+        row["response_ms_max"],
+        tuple(row["goals"]),
+        row["campaign_source"],
+        person,
+    )
+
+
+def stored_rows(wh: Warehouse, project: str) -> list[tuple[Any, ...]]:
+    rows = wh.rows(
+        "SELECT * EXCEPT (started_at, ended_at), toUnixTimestamp64Milli(started_at) / 1000 AS started_at, "
+        "toUnixTimestamp64Milli(ended_at) / 1000 AS ended_at FROM sessions FINAL WHERE project = {p:String}",
+        {"p": project},
+    )
+    return sorted((_shape(r, r["person"]) for r in rows), key=_by_start)
+
+
+def pipeline(wh: Warehouse, tmp: Path, project: str) -> Pipeline:
+    projects = Projects.of([Project(project, (f"w-{project}",), (f"a-{project}",), goals=(GOAL,))])
+    reader = EmbeddedLog(tmp / f"log-{project}").reader("g")
+    return Pipeline(reader, wh, max_events=1000, max_seconds=0.1, sessions=OpenSessions(wh, projects))
+
+
+events_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(["d1", "d2"]),
+        st.integers(0, 200),  # minute: gaps above and below the 30 min timeout
+        st.sampled_from(["", "", "", "alice", "bob"]),
+        st.sampled_from([0, 0, 0, 1, 2, 3, 4]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events_strategy, st.randoms(use_true_random=False), st.data())
+def test_the_table_holds_the_rule_for_any_arrival_order_batching_and_restart(
+    chdb_path: Path, tmp_path: Path, items: list[tuple[str, int, str, int]], rnd: Any, data: st.DataObject
+) -> None:
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"st{next(_projects)}"
+    raws = [raw_event(i, device, minute, user, kind) for i, (device, minute, user, kind) in enumerate(items)]
+    if data.draw(st.booleans()):
+        raws.append(dict(rnd.choice(raws)))  # a client resends one event (same event_id)
+    rnd.shuffle(raws)
+    records = records_of(raws, project)
+    cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(records) - 1)), max_size=4)))
+    current = pipeline(wh, tmp_path, project)
+    start = 0
+    for cut in [*cuts, len(records)]:
+        batch = records[start:cut]
+        start = max(start, cut)
+        if not batch:
+            continue
+        current.write(batch, decode(batch))
+        if data.draw(st.integers(0, 4)) == 0:
+            current = pipeline(wh, tmp_path, project)  # a restart: nothing held in memory
+        elif data.draw(st.integers(0, 4)) == 0:
+            assert current.sessions is not None
+            current.sessions.forget()  # a rebalance took the partitions and gave them back
+    assert stored_rows(wh, project) == expected_rows(records, (GOAL,))
+
+
+def test_a_late_event_rewrites_and_merges_sessions(chdb_path: Path, tmp_path: Path) -> None:
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"late{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    early = records_of([raw_event(1, "m1", 0, "", 0), raw_event(2, "m1", 10, "", 0)], project)
+    later = records_of([raw_event(3, "m1", 50, "", 1)], project)  # 40 min gap: a second session
+    for batch in (early, later):
+        p.write(batch, decode(batch))
+    before = stored_rows(wh, project)
+    assert [(r[4], r[11]) for r in before] == [(2, ()), (1, (GOAL,))]
+    # The app's offline queue delivers what happened in between: one session now.
+    gap = records_of([raw_event(4, "m1", 30, "", 0), raw_event(0, "m1", -5, "alice", 0)], project)
+    p.write(gap, decode(gap))
+    after = stored_rows(wh, project)
+    assert len(after) == 1
+    session = after[0]
+    assert session[4] == 5 and session[11] == (GOAL,)  # all five events, the goal reached
+    assert session[-1] == "alice"  # the late login names the person of the whole session
+    assert session == expected_rows([*early, *later, *gap], (GOAL,))[0]
+    ids = {
+        r["session_id"] for r in wh.rows("SELECT session_id FROM sessions WHERE project = {p:String}", {"p": project})
+    }
+    assert {r[0] for r in before} <= ids  # the old rows are tombstoned, not lost from history
+
+
+def test_a_new_login_rewrites_the_person_of_earlier_sessions(chdb_path: Path, tmp_path: Path) -> None:
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"login{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    first = records_of([raw_event(1, "w1", 0, "", 0)], project)
+    login = records_of([raw_event(2, "w1", 120, "carol", 0)], project)  # next day-part, a new session
+    p.write(first, decode(first))
+    assert [r[-1] for r in stored_rows(wh, project)] == ["w1"]
+    p.write(login, decode(login))
+    assert [r[-1] for r in stored_rows(wh, project)] == ["carol", "carol"]
+
+
+def test_in_order_events_extend_the_open_session_without_reading_it_back(chdb_path: Path, tmp_path: Path) -> None:
+    from services.sessionizer.open_sessions import RECOMPUTED
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"inorder{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    batches = [records_of([raw_event(i, "s1", i, "", i % 2)], project) for i in range(6)]
+    p.write(batches[0], decode(batches[0]))  # a device this process does not hold yet: looked up
+    before = RECOMPUTED._value.get()
+    for batch in batches[1:]:
+        p.write(batch, decode(batch))
+    assert RECOMPUTED._value.get() == before  # held in memory: nothing read back
+    rows = stored_rows(wh, project)
+    assert rows == expected_rows([r for b in batches for r in b], (GOAL,))
+    assert rows[0][4] == 6 and rows[0][11] == (GOAL,)
