@@ -82,3 +82,31 @@ def test_any_arrival_order_gives_the_same_sessions_and_persons(items: list[tuple
         return sessions, persons
 
     assert shape(events) == shape(shuffled)
+
+
+@settings(max_examples=200, deadline=None)
+@given(event_lists, st.randoms(use_true_random=False))
+def test_summaries_are_the_sessions_folded(items: list[tuple[str, int, str]], rnd: Any) -> None:
+    """The sessionizer's summaries and the journeys' sessions are one rule: same ids, same bounds."""
+    from services.core.sessions import summarize
+
+    events = [
+        ev(f"e{i}", ts, anon, user, campaign_source=rnd.choice(["", "", "ad"]))
+        for i, (anon, ts, user) in enumerate(items)
+    ]
+    shuffled = events[:]
+    rnd.shuffle(shuffled)
+    sessions = [(s.session_id, s.started_at, s.ended_at, len(s.events)) for s in sessionize(events, 30 * MIN)]
+    summaries = [
+        (s.session_id, s.started_at, s.ended_at, s.events) for s in summarize(shuffled + shuffled[:3], 30 * MIN)
+    ]
+    assert summaries == sessions
+
+
+def test_session_ids_are_uuid5_of_device_and_first_event() -> None:
+    import uuid
+
+    from services.core.sessions import _NAMESPACE, session_id
+
+    for project, device, first in (("p", "a1", "e1"), ("shop", "user:ü", "0190c6a2-1f9e")):
+        assert session_id(project, device, first) == str(uuid.uuid5(_NAMESPACE, f"{project}\x00{device}\x00{first}"))

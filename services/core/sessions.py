@@ -12,6 +12,7 @@ recompute the sessions around it from the stored events, with the same rule.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Final
 from services.core.identity import Link, device_owner, is_placeholder
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-3c1b-4a8e-9d0a-7a6b1e2f4c3d")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 
 @dataclass(slots=True)
@@ -60,7 +62,13 @@ def starts_new_session(
 
 
 def session_id(project: str, device: str, first_event_id: str) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{project}\x00{device}\x00{first_event_id}"))
+    """``uuid5(namespace, project \\0 device \\0 first event id)``, formatted without building a UUID
+    object (a third of the cost of folding a one-event session)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{project}\x00{device}\x00{first_event_id}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest[:16].hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:32]}"
 
 
 def sessionize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[Session]:
@@ -275,18 +283,25 @@ def session_person(user_id: str, device: str, started_at: int, links: Sequence[L
 
 
 def summarize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[SessionSummary]:
-    """The summaries of ``sessionize``: the same sessions, folded; an event id counts once
-    (the first copy given)."""
+    """The sessions of ``sessionize``, folded into summaries; an event id counts once (the
+    first copy given). Ordered by start time."""
     unique: dict[str, Mapping[str, Any]] = {}
     for event in events:
         unique.setdefault(str(event["event_id"]), event)
-    out = []
-    for session in sessionize(unique.values(), timeout_ms):
-        ordered = sorted(session.events, key=event_key)
-        summary = SessionSummary(ordered[0])
-        for event in ordered[1:]:
-            summary.add(event)
-        out.append(summary)
+    by_device: dict[str, list[Mapping[str, Any]]] = {}
+    for event in unique.values():
+        by_device.setdefault(device_of(event), []).append(event)
+    out: list[SessionSummary] = []
+    for device_events in by_device.values():
+        device_events.sort(key=event_key)
+        current: SessionSummary | None = None
+        for event in device_events:
+            if current is not None and current.continues_with(event, timeout_ms):
+                current.add(event)
+            else:
+                current = SessionSummary(event)
+                out.append(current)
+    out.sort(key=lambda s: (s.started_at, s.session_id))
     return out
 
 

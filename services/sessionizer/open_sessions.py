@@ -48,12 +48,8 @@ RECOMPUTED = Counter(
 OPEN_SESSIONS = Gauge(
     "touchpoint_sessionizer_open_sessions", "Sessions held in memory that can still grow (within their timeout)"
 )
-HELD = Gauge("touchpoint_sessionizer_sessions_held", "Devices whose newest session is held in memory")
 
 DEFAULT_TIMEOUT_MS = 30 * 60_000
-# A device whose newest session ended this long before the newest event seen is let go
-# (past its timeout, its next event starts a new session; a late one is recomputed).
-SWEEP_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -76,7 +72,6 @@ class OpenSessions:
         self._held: OrderedDict[tuple[str, str], _Device] = OrderedDict()
         self._clock = 0
         self._newest_ts = 0
-        self._swept_at = 0.0
         self._generation = 0  # bumped by forget(): a write begun before must not refill what it let go
 
     def timeout_ms(self, project: str) -> int:
@@ -86,7 +81,6 @@ class OpenSessions:
         """Partitions were revoked: another process now extends these sessions."""
         self._generation += 1
         self._held.clear()
-        HELD.set(0)
         OPEN_SESSIONS.set(0)
 
     def _version(self, floor: int = 0) -> int:
@@ -259,23 +253,16 @@ class OpenSessions:
         return out
 
     def _sweep(self) -> None:
-        """Let go of sessions past their timeout; count the open ones."""
-        now = time.monotonic()
-        while len(self._held) > self.max_held:
-            self._held.popitem(last=False)
-        if now - self._swept_at < SWEEP_EVERY_S:
-            HELD.set(len(self._held))
-            return
-        self._swept_at = now
-        open_now = 0
-        for key in list(self._held):
-            state = self._held[key]
-            if state.newest.ended_at < self._newest_ts - self.timeout_ms(key[0]):
-                del self._held[key]
-            else:
-                open_now += 1
-        OPEN_SESSIONS.set(open_now)
-        HELD.set(len(self._held))
+        """Let go of sessions past their timeout, least recently extended first, and of the
+        oldest beyond ``max_held``. Held in order of their last write, the expired ones come
+        first: this stops at the first that may still grow, so it costs what it lets go."""
+        while self._held:
+            key, state = next(iter(self._held.items()))
+            expired = state.newest.ended_at < self._newest_ts - self.timeout_ms(key[0])
+            if not expired and len(self._held) <= self.max_held:
+                break
+            del self._held[key]
+        OPEN_SESSIONS.set(len(self._held))
 
 
 _STORED_EVENTS_SQL = f"""
