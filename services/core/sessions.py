@@ -123,8 +123,6 @@ SESSION_EVENT_FIELDS: Final = (
     "error_kind",
 )
 _FIRST_EVENT_ATTRIBUTES: Final = ("channel", "browser", "os", "device_type", "country", "network")
-# How many of a session's newest event ids are remembered to recognise a resent event.
-RECENT_IDS: Final = 16
 
 
 def label_of(event: Mapping[str, Any]) -> str:
@@ -166,29 +164,79 @@ class RunningMedian:
         return (-self._low[0] + self._high[0]) / 2
 
 
+class SeenIds:
+    """The event ids a session holds, in a few bytes each: a scalable Bloom filter.
+
+    "No" is certain, "maybe" is wrong about 2% of the time: the sessionizer treats "maybe" as a
+    resent event and recomputes the session exactly from storage, so a false "maybe" costs a
+    read, never a miscount. Python's ``hash`` is salted per process; the filter never leaves it.
+    """
+
+    __slots__ = ("_count", "_filters")
+
+    _FIRST_CAPACITY = 8
+    _BITS_PER_ID = 10  # with 4 probes: about 1% false "maybe" from the first filter, less from the next
+    _PROBES = 4
+
+    def __init__(self) -> None:
+        self._filters: list[bytearray] = []
+        self._count = 0
+
+    def _positions(self, event_id: str, bits: int) -> list[int]:
+        h = hash(event_id) & 0xFFFF_FFFF_FFFF_FFFF
+        h1, h2 = h & 0xFFFF_FFFF, (h >> 32) | 1
+        return [(h1 + i * h2) % bits for i in range(self._PROBES)]
+
+    def add(self, event_id: str) -> None:
+        capacity = self._FIRST_CAPACITY * ((1 << len(self._filters)) - 1)  # of the filters so far
+        if self._count >= capacity:  # the newest is full: a new one, twice as large
+            generation = len(self._filters)  # each tighter than the last, so the sum stays small
+            size = self._FIRST_CAPACITY * (1 << generation) * (self._BITS_PER_ID + 3 * generation)
+            self._filters.append(bytearray((size + 7) // 8))
+        newest = self._filters[-1]
+        for position in self._positions(event_id, len(newest) * 8):
+            newest[position >> 3] |= 1 << (position & 7)
+        self._count += 1
+
+    def __contains__(self, event_id: object) -> bool:
+        if not isinstance(event_id, str):
+            return False
+        for bloom in self._filters:
+            if all(bloom[p >> 3] & (1 << (p & 7)) for p in self._positions(event_id, len(bloom) * 8)):
+                return True
+        return False
+
+
 class SessionSummary:
-    """One session, folded event by event in time order: everything its stored row holds,
-    without keeping its events."""
+    """One session, folded event by event: everything its stored row holds, without its events.
+
+    Folding is order-independent for events inside the session (after its first event, no
+    campaign of their own): each order-dependent field keeps the key of the event it came from.
+    """
 
     __slots__ = (
         "attributes",
         "device",
         "ended_at",
         "entry",
+        "entry_key",
         "errors",
         "events",
         "exit",
+        "exit_key",
         "first_campaign",
+        "first_key",
         "goals",
         "last_key",
         "pageviews",
         "project",
-        "recent_ids",
         "response_max",
         "response_median",
+        "seen",
         "session_id",
         "started_at",
         "user_id",
+        "user_key",
     )
 
     def __init__(self, first: Mapping[str, Any]) -> None:
@@ -198,27 +246,35 @@ class SessionSummary:
         self.started_at = self.ended_at = int(first["timestamp"])
         self.first_campaign = campaign_of(first)
         self.attributes = tuple(str(first.get(k) or "") for k in _FIRST_EVENT_ATTRIBUTES)
+        self.first_key = self.last_key = self.entry_key = self.exit_key = self.user_key = event_key(first)
         self.user_id = ""
         self.entry = self.exit = ""
         self.events = self.pageviews = self.errors = 0
         self.response_median = RunningMedian()
         self.response_max: float | None = None
         self.goals: set[str] = set()
-        self.recent_ids: list[str] = []
-        self.last_key = event_key(first)
+        self.seen = SeenIds()
         self.add(first)
 
     def continues_with(self, event: Mapping[str, Any], timeout_ms: int) -> bool:
+        """Whether ``event``, later than every event so far, belongs to this session."""
         return not starts_new_session(self.ended_at, self.first_campaign, event, timeout_ms)
 
+    def holds_inside(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event``, earlier than the newest so far, falls inside this session without
+        changing its bounds: after its first event, and no campaign of its own (which would split it)."""
+        campaign = campaign_of(event)
+        return event_key(event) > self.first_key and (not any(campaign) or campaign == self.first_campaign)
+
     def add(self, event: Mapping[str, Any]) -> None:
-        """Fold in the next event (callers keep time order: ``event_key`` not below ``last_key``)."""
-        self.ended_at = max(self.ended_at, int(event["timestamp"]))
-        self.last_key = max(self.last_key, event_key(event))
+        """Fold in an event that belongs to this session (``continues_with`` or ``holds_inside``)."""
+        key = event_key(event)
+        self.ended_at = max(self.ended_at, key[0])
+        self.last_key = max(self.last_key, key)
         self.events += 1
         user_id = str(event.get("user_id") or "")
-        if not self.user_id and user_id and not is_placeholder(user_id):
-            self.user_id = user_id
+        if user_id and not is_placeholder(user_id) and (not self.user_id or key < self.user_key):
+            self.user_id, self.user_key = user_id, key
         if event.get("type") == "page":
             self.pageviews += 1
         if event.get("error_kind"):
@@ -228,12 +284,13 @@ class SessionSummary:
             self.response_median.add(float(response))
             self.response_max = float(response) if self.response_max is None else max(self.response_max, response)
         if event.get("type") != "identify":
-            self.exit = label_of(event)
-            if not self.entry:
-                self.entry = self.exit
+            label = label_of(event)
+            if not self.entry or key < self.entry_key:
+                self.entry, self.entry_key = label, key
+            if not self.exit or key > self.exit_key:
+                self.exit, self.exit_key = label, key
         self.goals.add(str(event.get("name") or ""))
-        self.recent_ids.append(str(event["event_id"]))
-        del self.recent_ids[:-RECENT_IDS]
+        self.seen.add(str(event["event_id"]))
 
     def person(self, links: Sequence[Link]) -> str:
         return session_person(self.user_id, self.device, self.started_at, links)

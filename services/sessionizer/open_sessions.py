@@ -133,16 +133,14 @@ class OpenSessions:
         rows: list[dict[str, Any]],
         updates: dict[tuple[str, str], _Device | None],
     ) -> bool:
-        """The cheap path: every event comes after the device's newest session's last one."""
+        """The cheap path: every event extends the device's newest session, opens the next one, or
+        falls inside it (out of order by a little, as concurrent requests of one device arrive)."""
         state = self._held.get(key)
         if state is None:
             return False
-        newest = state.newest
-        if event_key(events[0]) <= newest.last_key:
-            return False
         ids = [str(e["event_id"]) for e in events]
-        if len(set(ids)) < len(ids) or any(i in newest.recent_ids for i in ids):
-            return False  # a resent event: the stored events say which copy counts
+        if len(set(ids)) < len(ids) or any(i in state.newest.seen for i in ids):
+            return False  # a resent event (or the filter's "maybe"): the stored events say which copy counts
         for event in events:
             user_id = str(event.get("user_id") or "")
             if event.get("anonymous_id") and user_id and not is_placeholder(user_id):
@@ -151,18 +149,29 @@ class OpenSessions:
                     return False  # a new link may change whose earlier sessions were
         project, device = key
         timeout = self.timeout_ms(project)
-        touched = [newest]
-        for event in events:
-            if touched[-1].continues_with(event, timeout):
-                touched[-1].add(event)
+        touched = [state.newest]
+        for event in events:  # in key order
+            current = touched[-1]
+            if event_key(event) > current.last_key:
+                if current.continues_with(event, timeout):
+                    current.add(event)
+                else:
+                    touched.append(SessionSummary(event))
+            elif current.holds_inside(event):
+                current.add(event)  # out of order by a little (concurrent requests): inside the session
             else:
-                touched.append(SessionSummary(event))
+                self._undo(key)
+                return False  # before the session, or splitting it: recompute
         version = self._version(state.version)
         links = _links(device, state.links)
         goals = self._goals.get(project, ())
         rows.extend(s.row(links, goals, version) for s in touched)
         updates[key] = _Device(touched[-1], state.links, version)
         return True
+
+    def _undo(self, key: tuple[str, str]) -> None:
+        """The held summary may already hold some of the batch's events: let it go."""
+        self._held.pop(key, None)
 
     def _recompute(
         self,
@@ -271,6 +280,7 @@ FROM events FINAL
 WHERE project = {{project:String}}
   AND (anonymous_id IN {{anonymous:Array(String)}} OR (anonymous_id = '' AND user_id IN {{users:Array(String)}}))
   AND timestamp >= fromUnixTimestamp64Milli({{lo:Int64}}) AND timestamp <= fromUnixTimestamp64Milli({{hi:Int64}})
+  AND is_late = 0
 """
 
 

@@ -90,11 +90,12 @@ def decode(records: list[LogRecord]) -> Decoded:
                 if kind == "event":
                     row = event_row(item)
                     out.events.append(orjson.dumps(row))
-                    out.sessions.append(session_event(item, row))
                     event_records.append(item)
                     out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
                     if item.get("late"):
-                        out.late += 1
+                        out.late += 1  # stored and flagged: sessions that old are final
+                    else:
+                        out.sessions.append(session_event(item, row))
                 elif kind == "rejected":
                     out.rejected.append(rejected_row(item))
                 else:
