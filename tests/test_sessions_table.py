@@ -216,7 +216,7 @@ def test_in_order_events_extend_the_open_session_without_reading_it_back(chdb_pa
     assert stored_rows(wh, project) == rows
 
 
-def test_seen_ids_never_forget_and_rarely_guess() -> None:
+def test_seen_ids_never_forget_and_do_not_guess() -> None:
     from services.core.sessions import SeenIds
 
     seen = SeenIds()
@@ -224,28 +224,5 @@ def test_seen_ids_never_forget_and_rarely_guess() -> None:
     for i in ids:
         seen.add(i)
     assert all(i in seen for i in ids)
-    false_maybe = sum(f"other-{i}" in seen for i in range(20_000))
-    assert false_maybe < 20_000 * 0.04  # about 2.5%: each costs a read, never a miscount
-
-
-def test_an_event_later_than_the_allowed_lateness_is_stored_but_changes_no_session(
-    chdb_path: Path, tmp_path: Path
-) -> None:
-    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
-    wh.migrate()
-    project = f"toolate{next(_projects)}"
-    p = pipeline(wh, tmp_path, project)
-    first = records_of([raw_event(1, "old", 0, "", 0), raw_event(2, "old", 10, "", 0)], project)
-    p.write(first, decode(first))
-    before = stored_rows(wh, project)
-    eight_days = 8 * 24 * 60 * MIN
-    too_late = records_of([raw_event(3, "old", 5, "", 1)], project, received_ms=BASE_MS + eight_days)
-    p.write(too_late, decode(too_late))
-    flagged = wh.rows("SELECT is_late FROM events WHERE project = {p:String} AND event_id = 'e3'", {"p": project})
-    assert [r["is_late"] for r in flagged] == [1]
-    assert stored_rows(wh, project) == before
-    # A neighbour in time recomputes the session from storage: the flagged event stays out.
-    p = pipeline(wh, tmp_path, project)
-    on_time = records_of([raw_event(4, "old", 12, "", 0)], project)
-    p.write(on_time, decode(on_time))
-    assert [r[4] for r in stored_rows(wh, project)] == [3]
+    # A long session gets hundreds of new events per batch: one false "seen" would recompute it.
+    assert not any(f"other-{i}" in seen for i in range(100_000))

@@ -165,46 +165,28 @@ class RunningMedian:
 
 
 class SeenIds:
-    """The event ids a session holds, in a few bytes each: a scalable Bloom filter.
+    """The event ids a session holds, as a set of their 64-bit hashes (about 60 bytes each).
 
-    "No" is certain, "maybe" is wrong about 2% of the time: the sessionizer treats "maybe" as a
-    resent event and recomputes the session exactly from storage, so a false "maybe" costs a
-    read, never a miscount. Python's ``hash`` is salted per process; the filter never leaves it.
+    "No" is certain; "yes" is a resent event, or one chance in ~10^19 per pair of a hash
+    collision. Either way the sessionizer recomputes the session exactly from storage, so a
+    collision costs a read, never a miscount. (A Bloom filter was smaller, but its ~1% false
+    "yes" per lookup turned every batch of a long session into a recompute.) Python's ``hash``
+    is salted per process; the set never leaves it.
     """
 
-    __slots__ = ("_count", "_filters")
-
-    _FIRST_CAPACITY = 8
-    _BITS_PER_ID = 10  # with 4 probes: about 1% false "maybe" from the first filter, less from the next
-    _PROBES = 4
+    __slots__ = ("_hashes",)
 
     def __init__(self) -> None:
-        self._filters: list[bytearray] = []
-        self._count = 0
-
-    def _positions(self, event_id: str, bits: int) -> list[int]:
-        h = hash(event_id) & 0xFFFF_FFFF_FFFF_FFFF
-        h1, h2 = h & 0xFFFF_FFFF, (h >> 32) | 1
-        return [(h1 + i * h2) % bits for i in range(self._PROBES)]
+        self._hashes: set[int] = set()
 
     def add(self, event_id: str) -> None:
-        capacity = self._FIRST_CAPACITY * ((1 << len(self._filters)) - 1)  # of the filters so far
-        if self._count >= capacity:  # the newest is full: a new one, twice as large
-            generation = len(self._filters)  # each tighter than the last, so the sum stays small
-            size = self._FIRST_CAPACITY * (1 << generation) * (self._BITS_PER_ID + 3 * generation)
-            self._filters.append(bytearray((size + 7) // 8))
-        newest = self._filters[-1]
-        for position in self._positions(event_id, len(newest) * 8):
-            newest[position >> 3] |= 1 << (position & 7)
-        self._count += 1
+        self._hashes.add(hash(event_id))
 
     def __contains__(self, event_id: object) -> bool:
-        if not isinstance(event_id, str):
-            return False
-        for bloom in self._filters:
-            if all(bloom[p >> 3] & (1 << (p & 7)) for p in self._positions(event_id, len(bloom) * 8)):
-                return True
-        return False
+        return isinstance(event_id, str) and hash(event_id) in self._hashes
+
+    def __len__(self) -> int:
+        return len(self._hashes)
 
 
 class SessionSummary:
