@@ -108,21 +108,61 @@ def _list_rejected(project_id: str | None, limit: int) -> int:
     return 0
 
 
+def _rebuild_sessions(project_id: str | None, chunk: int = 2000) -> int:
+    """Recompute the sessions table from stored events (after upgrading from a version without it).
+    Stop `touchpoint up` first: chDB opens one engine path per process."""
+    from services.sessionizer.open_sessions import OpenSessions
+
+    try:
+        settings = Settings.from_env()
+        projects, _, _ = load_projects(settings)
+        warehouse = Warehouse(settings.clickhouse_url, "rebuild-sessions")
+        warehouse.migrate()
+    except (ConfigError, WarehouseError, ValueError) as exc:
+        print(f"touchpoint: {exc}", file=sys.stderr)
+        return 2
+    sessions = OpenSessions(warehouse, projects)
+    for project in projects.items:
+        if project_id and project.id != project_id:
+            continue
+        devices = [
+            r["device"]
+            for r in warehouse.rows(
+                "SELECT DISTINCT if(anonymous_id = '', concat('user:', user_id), anonymous_id) AS device "
+                "FROM events WHERE project = {p:String} ORDER BY device",
+                {"p": project.id},
+            )
+        ]
+        written = 0
+        for start in range(0, len(devices), chunk):
+            written += sessions.rebuild(project.id, devices[start : start + chunk])
+            done = min(start + chunk, len(devices))
+            print(f"touchpoint: {project.id}: {done}/{len(devices)} devices, {written} session rows", file=sys.stderr)
+        print(f"touchpoint: {project.id}: sessions rebuilt for {len(devices)} devices", file=sys.stderr)
+    warehouse.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
         "command",
-        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected"],
+        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected", "rebuild-sessions"],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
-        "demo: fill the data directory with a day of generated traffic and print an abandonment report",
+        "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
+        "rejected: list dead letters; rebuild-sessions: recompute the sessions table from stored events",
     )
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
-    parser.add_argument("--project", default=None, help="rejected: project id (default: the first)")
+    parser.add_argument(
+        "--project", default=None, help="rejected: project id (default: the first); rebuild-sessions: only this project"
+    )
     parser.add_argument("--limit", type=int, default=20, help="rejected: how many, newest first")
     args = parser.parse_args(argv)
     if args.command == "rejected":
         return _list_rejected(args.project, args.limit)
+    if args.command == "rebuild-sessions":
+        return _rebuild_sessions(args.project)
     if args.command == "demo":
         from services.demo import main as demo
 

@@ -226,3 +226,33 @@ def test_seen_ids_never_forget_and_do_not_guess() -> None:
     assert all(i in seen for i in ids)
     # A long session gets hundreds of new events per batch: one false "seen" would recompute it.
     assert not any(f"other-{i}" in seen for i in range(100_000))
+
+
+def test_rebuild_recomputes_sessions_of_events_stored_without_them(
+    chdb_path: Path, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """An upgrade: events stored by a version without the sessions table get their sessions."""
+    from services.cli import main
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"rebuild{next(_projects)}"
+    records = records_of(
+        [raw_event(i, f"old{i % 3}", i * 7, "dora" if i == 4 else "", i % 4) for i in range(12)], project
+    )
+    reader = EmbeddedLog(tmp_path / "log-old").reader("g")
+    Pipeline(reader, wh, max_events=1000, max_seconds=0.1).write(records, decode(records))  # no sessions
+    assert stored_rows(wh, project) == []
+    config = tmp_path / "projects.toml"
+    config.write_text(
+        f'[[projects]]\nid = "{project}"\nwrite_keys = ["w-{project}"]\napi_keys = ["a-{project}"]\n'
+        f'goals = ["{GOAL}"]\n'
+    )
+    monkeypatch.setenv("TOUCHPOINT_CONFIG", str(config))
+    monkeypatch.setenv("TOUCHPOINT_CLICKHOUSE_URL", f"chdb://{chdb_path}")
+    assert main(["rebuild-sessions"]) == 0
+    assert "sessions rebuilt for 3 devices" in capsys.readouterr().err
+    expected = expected_rows(records, (GOAL,))
+    assert stored_rows(wh, project) == expected
+    assert main(["rebuild-sessions", "--project", project]) == 0  # again: the same rows
+    assert stored_rows(wh, project) == expected

@@ -169,6 +169,21 @@ class OpenSessions:
         updates[key] = _Device(touched[-1], state.links, version)
         return True
 
+    def rebuild(self, project: str, devices: Sequence[str]) -> int:
+        """Blocking: recompute every session of these devices from their stored events (events
+        stored before the sessions table existed, or a repair). Returns the rows written."""
+        everything = {device: (0, _YEAR_2100_MS) for device in devices}
+        items: list[tuple[str, list[Mapping[str, Any]]]] = [
+            (d, sorted(events, key=event_key)) for d, events in self._stored_events(project, everything).items()
+        ]
+        rows: list[dict[str, Any]] = []
+        if items:
+            self._recompute(project, items, rows, {})
+            self.warehouse.insert_json("sessions", [orjson.dumps(r) for r in rows], SESSION_COLUMNS)
+        for device in devices:
+            self._held.pop((project, device), None)
+        return len(rows)
+
     def _undo(self, key: tuple[str, str]) -> None:
         """The held summary may already hold some of the batch's events: let it go."""
         self._held.pop(key, None)
@@ -274,6 +289,7 @@ class OpenSessions:
         OPEN_SESSIONS.set(len(self._held))
 
 
+_YEAR_2100_MS = 4_102_444_800_000
 _STORED_EVENTS_SQL = f"""
 SELECT {", ".join("toUnixTimestamp64Milli(timestamp) AS ts" if f == "timestamp" else f for f in SESSION_EVENT_FIELDS)}
 FROM events FINAL
