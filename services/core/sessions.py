@@ -185,9 +185,6 @@ class SeenIds:
     def __contains__(self, event_id: object) -> bool:
         return isinstance(event_id, str) and hash(event_id) in self._hashes
 
-    def __len__(self) -> int:
-        return len(self._hashes)
-
 
 class SessionSummary:
     """One session, folded event by event: everything its stored row holds, without its events.

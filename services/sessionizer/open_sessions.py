@@ -1,11 +1,12 @@
 """Sessions as a table: fold each batch's events into the open sessions and write their rows.
 
 In order, the common case, an event extends (or closes) its device's open session held
-in memory: no read. Otherwise — an event older than the device's newest, a resent event,
-a device this process does not hold (after a restart or a rebalance), a new identity
-link — the device's sessions around the new events are recomputed from the stored
-events with the same pure rule (``services.core.sessions``), sessions that no longer
-exist get a tombstone, and sessions whose person changed are rewritten. Rows carry a
+in memory, or falls inside it a little out of order: no read. Otherwise — an event before
+that session or one that would split it, a resent event, a device this process does not
+hold (after a restart or a rebalance), a new identity link — the device's sessions
+around the new events are recomputed from the stored events with the same pure rule
+(``services.core.sessions``), sessions that no longer exist get a tombstone, and sessions
+whose person changed are rewritten. Rows carry a
 version (``ReplacingMergeTree(version, is_deleted)``); queries read ``FINAL``.
 
 Called by the pipeline after the batch's events and links are stored, in one thread at
@@ -54,7 +55,7 @@ DEFAULT_TIMEOUT_MS = 30 * 60_000
 
 @dataclass(slots=True)
 class _Device:
-    newest: SessionSummary  # the device's newest session: only events after it extend it cheaply
+    newest: SessionSummary  # the device's newest session: the only one extended without a read
     links: dict[str, int]  # user id -> first seen (ms): who the device belongs to when
     version: int
 
@@ -140,7 +141,7 @@ class OpenSessions:
             return False
         ids = [str(e["event_id"]) for e in events]
         if len(set(ids)) < len(ids) or any(i in state.newest.seen for i in ids):
-            return False  # a resent event (or the filter's "maybe"): the stored events say which copy counts
+            return False  # a resent event (or a hash collision): the stored events say which copy counts
         for event in events:
             user_id = str(event.get("user_id") or "")
             if event.get("anonymous_id") and user_id and not is_placeholder(user_id):
@@ -159,9 +160,9 @@ class OpenSessions:
                     touched.append(SessionSummary(event))
             elif current.holds_inside(event):
                 current.add(event)  # out of order by a little (concurrent requests): inside the session
-            else:
-                self._undo(key)
-                return False  # before the session, or splitting it: recompute
+            else:  # before the session, or splitting it: recompute (the summary may hold some events now)
+                self._held.pop(key, None)
+                return False
         version = self._version(state.version)
         links = _links(device, state.links)
         goals = self._goals.get(project, ())
@@ -183,10 +184,6 @@ class OpenSessions:
         for device in devices:
             self._held.pop((project, device), None)
         return len(rows)
-
-    def _undo(self, key: tuple[str, str]) -> None:
-        """The held summary may already hold some of the batch's events: let it go."""
-        self._held.pop(key, None)
 
     def _recompute(
         self,
