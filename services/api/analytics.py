@@ -221,31 +221,45 @@ def correlations(
 ) -> dict[str, dict[str, Any]]:
     """Observations: each visit to the touchpoint, or each session; outcome: goal within the window after it."""
     params.update(window_ms=window_ms)
+    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
     if touchpoint_cond is not None:
+        # Only the visits (with their metric) and the goals' times of each journey: an array
+        # of every event, as the other analyses gather, was most of this query's time.
+        units = f"""
+        units AS (
+            SELECT person AS unit, {dim} AS dim,
+                groupArrayIf(ts, {goal_cond}) AS goal_ts,
+                groupArrayIf((ts, {metric_expr(metric)}), {touchpoint_cond} AND {metric_expr(metric)} >= 0) AS visits
+            FROM base GROUP BY unit
+        )"""
         observations = """
         obs AS (
-            SELECT dim, v.4 AS metric,
-                arrayExists(g -> g.6 AND g.1 >= v.1 AND g.1 <= v.1 + {window_ms:Int64}, evs) AS converted
-            FROM units ARRAY JOIN arrayFilter(x -> x.7 AND x.4 >= 0, evs) AS v
+            SELECT dim, v.2 AS metric,
+                arrayExists(g -> g >= v.1 AND g <= v.1 + {window_ms:Int64}, goal_ts) AS converted
+            FROM units ARRAY JOIN visits AS v
         )"""
-        units = units_sql("journey", goal_cond, touchpoint_cond, metric, breakdown)
     else:
         agg = "sumIf" if metric == "errors" else "quantileExactIf(0.5)"
-        dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+        # The goals of the person's every session reach each session through a window over
+        # sessions: a join of two CTEs over ``base`` read and stitched the events twice.
         units = f"""
         sessions AS (
             SELECT session, any(person) AS person, {dim} AS dim, min(ts) AS started,
                    {agg}({metric_expr(metric)}, {metric_expr(metric)} >= 0) AS metric,
-                   countIf({metric_expr(metric)} >= 0) AS measured
+                   countIf({metric_expr(metric)} >= 0) AS measured,
+                   groupArrayIf(ts, {goal_cond}) AS session_goal_ts
             FROM base GROUP BY session
-        ),
-        goals AS (SELECT person, groupArray(ts) AS goal_ts FROM base WHERE {goal_cond} GROUP BY person)"""
+        )"""
         observations = """
         obs AS (
-            SELECT s.dim AS dim, s.metric AS metric,
-                arrayExists(t -> t >= s.started AND t <= s.started + {window_ms:Int64}, g.goal_ts) AS converted
-            FROM sessions AS s LEFT JOIN goals AS g ON s.person = g.person
-            WHERE s.measured > 0
+            SELECT dim, metric,
+                arrayExists(t -> t >= started AND t <= started + {window_ms:Int64}, goal_ts) AS converted
+            FROM (
+                SELECT dim, metric, started, measured,
+                    groupArrayArray(session_goal_ts) OVER (PARTITION BY person) AS goal_ts
+                FROM sessions
+            )
+            WHERE measured > 0
         )"""
     sql = f"""
     WITH {base_sql(params, source, sessions=touchpoint_cond is None)},
@@ -389,13 +403,13 @@ def paths(
     visits AS (
         SELECT i, evs FROM touchpoints ARRAY JOIN arrayFilter(i -> evs[i].7, arrayEnumerate(evs)) AS i
     ),
-    around AS (
-        SELECT 'next' AS direction,
-            if(i = length(evs), '(exit)', evs[i + 1].2) AS touchpoint,
-            if(i = length(evs), '', evs[i + 1].3) AS channel
-        FROM visits
-        UNION ALL
-        SELECT 'previous', if(i = 1, '(entry)', evs[i - 1].2), if(i = 1, '', evs[i - 1].3) FROM visits
+    around AS (  -- both directions from one pass: a UNION of two SELECTs from visits computed it twice
+        SELECT direction,
+            multiIf(direction = 'next' AND i = length(evs), '(exit)', direction = 'next', evs[i + 1].2,
+                    i = 1, '(entry)', evs[i - 1].2) AS touchpoint,
+            multiIf(direction = 'next' AND i = length(evs), '', direction = 'next', evs[i + 1].3,
+                    i = 1, '', evs[i - 1].3) AS channel
+        FROM visits ARRAY JOIN ['next', 'previous'] AS direction
     )
     SELECT direction, touchpoint, channel, count() AS n,
         sum(count()) OVER (PARTITION BY direction) AS visits
@@ -435,13 +449,13 @@ def behaviour(
                countIf({goal_cond}) > 0 AS converted
         FROM base GROUP BY session
     )
-    SELECT 'hour' AS by, toHour(toTimeZone(started, {{tz:String}})) AS slot, channel,
+    -- Both slots from one pass: a UNION of two SELECTs from sessions computed it twice.
+    SELECT slot_of.1 AS by, slot_of.2 AS slot, channel,
            count() AS sessions, sum(events) AS events, countIf(converted) AS converted
-    FROM sessions GROUP BY slot, channel
-    UNION ALL
-    SELECT 'weekday', toDayOfWeek(toTimeZone(started, {{tz:String}})), channel,
-           count(), sum(events), countIf(converted)
-    FROM sessions GROUP BY 2, channel
+    FROM sessions
+    ARRAY JOIN [('hour', toHour(toTimeZone(started, {{tz:String}}))),
+                ('weekday', toDayOfWeek(toTimeZone(started, {{tz:String}})))] AS slot_of
+    GROUP BY by, slot, channel
     """
     out: dict[str, list[dict[str, Any]]] = {"by_hour": [], "by_weekday": []}
     for r in sorted(source.warehouse.rows(sql, params), key=lambda r: (r["by"], r["slot"], r["channel"])):
@@ -476,32 +490,36 @@ def journey_map(
     onward = ", ".join(f"countIf(f{k} > 0 AND l{k + 1} >= f{k}) AS o{k}" for k in range(1, n)) or "0 AS o0"
     base = base_sql(params, source, sessions=False)
     staged = f"staged AS (SELECT *, {stage_expr} AS stage FROM base WHERE type != 'identify')"
+    # Exits come from the same pass over persons as the stages (a third pass over the events
+    # otherwise), counted per "stage<TAB>label<TAB>channel" key with sumMap.
     stages = source.warehouse.rows(
-        f"WITH {base}, {staged}, per AS (SELECT person, {firsts} FROM staged GROUP BY person) "
-        f"SELECT {people}, {onward} FROM per",
+        f"""WITH {base}, {staged},
+        per AS (
+            SELECT person, {firsts}, argMaxIf((stage, label, channel), ts, stage > 0) AS last, max(stage) AS furthest
+            FROM staged GROUP BY person
+        )
+        SELECT {people}, {onward},
+            sumMapIf([concat(toString(last.1), '\t', last.2, '\t', last.3)], [toUInt64(1)],
+                     furthest BETWEEN 1 AND {n - 1}) AS exits
+        FROM per""",
         params,
     )[0]
+    exits: dict[tuple[int, str, str], int] = {}
+    for key, count in zip(*stages["exits"], strict=True):
+        stage, rest = key.split("\t", 1)
+        label, channel = rest.rsplit("\t", 1)  # a label may hold a tab; a stage or a channel cannot
+        exits[(int(stage), label, channel)] = int(count)
     touchpoints = source.warehouse.rows(
-        f"""WITH {base}, {staged},
-        exits AS (
-            SELECT argMax((stage, label, channel), ts) AS last, max(stage) AS furthest
-            FROM staged WHERE stage > 0 GROUP BY person
-        ),
-        exit_counts AS (
-            SELECT last.1 AS stage, last.2 AS label, last.3 AS channel, count() AS exits
-            FROM exits WHERE furthest < {n} GROUP BY stage, label, channel
-        ),
-        tp AS (
-            SELECT stage, label, channel, uniqExact(person) AS people, count() AS events,
-                quantileExactIf(0.5)(response_ms, response_ms IS NOT NULL) AS median_ms,
-                countIf(response_ms IS NOT NULL) AS timed, avg(error_kind != '') AS error_rate
-            FROM staged WHERE stage > 0 GROUP BY stage, label, channel
-        )
-        SELECT tp.*, ifNull(e.exits, 0) AS exits
-        FROM tp LEFT JOIN exit_counts AS e ON tp.stage = e.stage AND tp.label = e.label AND tp.channel = e.channel
+        f"""WITH {base}, {staged}
+        SELECT stage, label, channel, uniqExact(person) AS people, count() AS events,
+            quantileExactIf(0.5)(response_ms, response_ms IS NOT NULL) AS median_ms,
+            countIf(response_ms IS NOT NULL) AS timed, avg(error_kind != '') AS error_rate
+        FROM staged WHERE stage > 0 GROUP BY stage, label, channel
         ORDER BY stage, people DESC, label, channel""",
         params,
     )
+    for r in touchpoints:
+        r["exits"] = exits.get((int(r["stage"]), r["label"], r["channel"]), 0)
     summary = [
         {"people": int(stages[f"p{k}"]), "onward": int(stages[f"o{k}"]) if k < n else None} for k in range(1, n + 1)
     ]
