@@ -194,11 +194,16 @@ class KafkaLogWriter:
                     "Kafka transaction failed; answering 503",
                     extra={"error": self._last_error, "transactional_id": self.transactional_ids[slot]},
                 )
-                # A new producer with the same transactional id fences and aborts this one.
-                await self._discard_producer(slot)
-                for _, fut in batch:
+                # Answer first: the requests of this transaction, and those queued behind it, which
+                # would otherwise wait for another whole timeout (a bounded wait is the request's,
+                # not each transaction's). Queued records were never sent: a 503 loses nothing.
+                queued, self._pending = self._pending, []
+                self._pending_records = 0
+                for _, fut in batch + queued:
                     if not fut.done():
                         fut.set_exception(LogUnavailable(f"Kafka did not commit within {self.timeout_s}s: {exc!r}"))
+                # A new producer with the same transactional id fences and aborts this one.
+                await self._discard_producer(slot)
                 continue
             self._last_error = None
             for _, fut in batch:
