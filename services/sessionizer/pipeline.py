@@ -38,6 +38,9 @@ WRITE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
+RESENT_IN_BATCH = Counter(
+    "touchpoint_sessionizer_resent_in_batch_total", "Earlier copies of an event sent twice within one batch, dropped"
+)
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
 # How long a cancelled pipeline still waits for the write in flight (and its commit).
 WRITE_IN_FLIGHT_GRACE_S = 10.0
@@ -62,6 +65,8 @@ class Decoded:
     """One batch, decoded into the rows of each table."""
 
     events: list[bytes] = field(default_factory=list)  # JSONEachRow lines
+    # (project, anonymous_id, event_id) of each line: the events table's key
+    event_keys: list[tuple[str, str, str]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)  # what sessionization needs of each event
     links: list[list[Any]] = field(default_factory=list)
     rejected: list[list[Any]] = field(default_factory=list)
@@ -70,11 +75,35 @@ class Decoded:
 
     def extend(self, other: Decoded) -> None:
         self.events.extend(other.events)
+        self.event_keys.extend(other.event_keys)
         self.sessions.extend(other.sessions)
         self.links.extend(other.links)
         self.rejected.extend(other.rejected)
         self.late += other.late
         self.newest_received_ms = max(self.newest_received_ms, other.newest_received_ms)
+
+    def keep_last_copies(self) -> int:
+        """Drop all but the last copy of each event sent twice within this batch (a client's
+        retry); returns how many were dropped.
+
+        Why: across batches the events table keeps the copy inserted last (``inserted_at``), but
+        two copies in one INSERT tie, and a resend's skew-corrected time differs by the network
+        delay. The table and the sessions must hold the same copy: the last one, as between batches.
+        """
+        last = {key: i for i, key in enumerate(self.event_keys)}
+        if len(last) == len(self.event_keys):
+            return 0
+        kept = [i for i, key in enumerate(self.event_keys) if last[key] == i]
+        dropped = len(self.event_keys) - len(kept)
+        self.events = [self.events[i] for i in kept]
+        self.event_keys = [self.event_keys[i] for i in kept]
+        last_session = {_key(e): i for i, e in enumerate(self.sessions)}
+        self.sessions = [e for i, e in enumerate(self.sessions) if last_session[_key(e)] == i]
+        return dropped
+
+
+def _key(event: dict[str, Any]) -> tuple[str, str, str]:
+    return event["project"], event["anonymous_id"], event["event_id"]
 
 
 def decode(records: list[LogRecord]) -> Decoded:
@@ -90,6 +119,7 @@ def decode(records: list[LogRecord]) -> Decoded:
                 if kind == "event":
                     row = event_row(item)
                     out.events.append(orjson.dumps(row))
+                    out.event_keys.append((row["project"], row["anonymous_id"], row["event_id"]))
                     event_records.append(item)
                     out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
                     if item.get("late"):
@@ -244,6 +274,7 @@ class Pipeline:
 
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
+        RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
         self.warehouse.insert_json("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
         self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
