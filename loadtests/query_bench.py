@@ -63,7 +63,7 @@ def main() -> int:
     events = fill(wh, args.devices)
     print(f"[bench-queries] {events:,} events in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     now = int(time.time() * 1000)
-    source = Source(wh, "shop", now - 7 * 86_400_000, now + 1000, 30)
+    source = Source(wh, "shop", now - 7 * 86_400_000, now + 1000)
 
     def conds(params: dict[str, Any]) -> list[str]:
         return [step_condition(s, f"s{i}", params, "steps") for i, s in enumerate(STEPS)]

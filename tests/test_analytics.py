@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -112,6 +114,14 @@ def test_session_scope_and_errors_metric(loaded: tuple[Proc, Traffic]) -> None:
     proc, _ = loaded
     sessions = api(proc, "/v1/abandonment", {"goal": GOAL, "scope": "session"}).json()
     assert sessions["journeys"] > PEOPLE  # two-device people have two sessions at least
+    # The sessions of session-scope analyses are the ones the sessionizer stored, one by one.
+    stored = httpx.get(
+        f"{proc.url}/v1/sessions", params={"limit": 10_000}, headers={"Authorization": f"Bearer {API_KEY}"}
+    ).json()
+    assert stored["count"] < 10_000
+    assert sessions["journeys"] == stored["count"]
+    reached = sum(GOAL in s["goals_reached"] for s in stored["sessions"])
+    assert sessions["converted"] == reached
     errors = api(proc, "/v1/correlations", {"metric": "errors", "goal": GOAL, "breakdown": "channel"})
     assert errors.status_code == 200, errors.text
     assert "odds_ratio_per_error" in errors.json() and set(errors.json()["by"]) <= {"web", "mobile_web", "app"}
@@ -317,10 +327,58 @@ def test_query_limits_answer_clearly(tmp_path_factory: pytest.TempPathFactory) -
     proc = new_proc("up", tmp_path_factory.mktemp("limits"), TOUCHPOINT_QUERY_MAX_ROWS="5").start()
     try:
         events = [{"type": "page", "name": "Home", "anonymous_id": f"lim-{i}"} for i in range(40)]
-        assert proc.post_batch(events).status_code == 200
+        sent = proc.post_batch(events)
+        assert sent.status_code == 200, sent.text
         wait_caught_up(proc)
         r = api(proc, "/v1/abandonment", {"goal": GOAL})
         assert r.status_code == 413 and r.json()["detail"].startswith("query: ")
         assert httpx.get(f"{proc.url}/health").status_code == 200
+    finally:
+        proc.stop()
+
+
+def test_a_new_campaign_starts_a_new_session_in_every_analysis(tmp_path: Path) -> None:
+    """Session scope follows the sessions the sessionizer cut: a second campaign a minute after
+    the first (well inside the inactivity timeout) is a session of its own."""
+    proc = new_proc("up", tmp_path / "campaigns").start()
+    try:
+        now = datetime.now(UTC)
+
+        def ago(minutes: float) -> str:
+            return (now - timedelta(minutes=minutes)).isoformat()
+
+        def page(path: str, source: str, minutes_ago: float) -> dict[str, Any]:
+            url = f"https://shop.example{path}?utm_source={source}&utm_medium=cpc&utm_campaign={source}"
+            return {
+                "type": "page",
+                "anonymous_id": "campaign-device",
+                "timestamp": ago(minutes_ago),
+                "context": {"page": {"path": path, "url": url}},
+            }
+
+        events = [
+            page("/", "newsletter", 10),
+            page("/search", "ads", 9),
+            {"type": "track", "name": GOAL, "anonymous_id": "campaign-device", "timestamp": ago(8)},
+        ]
+        sent = proc.post_batch(events)
+        assert sent.status_code == 200 and sent.json()["accepted"] == 3, sent.text
+        wait_caught_up(proc)
+        stored = httpx.get(
+            f"{proc.url}/v1/sessions",
+            params={"device": "campaign-device"},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ).json()
+        assert stored["count"] == 2, stored
+        steps = [{"type": "page", "path": "/"}, {"type": "page", "path": "/search"}]
+        by_session = api(proc, "/v1/funnels", {"steps": steps, "scope": "session"}).json()["steps"]
+        assert [s["count"] for s in by_session] == [1, 0]
+        by_journey = api(proc, "/v1/funnels", {"steps": steps}).json()["steps"]
+        assert [s["count"] for s in by_journey] == [1, 1]
+        left = api(proc, "/v1/abandonment", {"goal": GOAL, "scope": "session"}).json()
+        assert (left["journeys"], left["converted"], left["abandoned"]) == (2, 1, 1)
+        assert [(p["touchpoint"], p["channel"]) for p in left["points"]] == [("page /", "web")]
+        paths = api(proc, "/v1/paths", {"touchpoint": {"type": "page", "path": "/"}, "scope": "session"}).json()
+        assert [(p["touchpoint"], p["count"]) for p in paths["next"]] == [("(exit)", 1)]
     finally:
         proc.stop()

@@ -1,8 +1,8 @@
 """Abandonment and correlation queries: one SQL statement each, every user value bound.
 
 Shared building blocks: ``base_sql`` gives each event its person (the stitching
-rules of services.core.identity, expressed in SQL) and its session (per device,
-closed after the project's inactivity timeout); ``units_sql`` gathers each
+rules of services.core.identity, expressed in SQL) and its session (the one the
+sessionizer stored, when the analysis needs sessions); ``units_sql`` gathers each
 journey's (or session's) events into one time-ordered array.
 """
 
@@ -25,72 +25,73 @@ METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 
 @dataclass(frozen=True)
 class Source:
-    """What every analysis reads: one project's events between two instants, and its session timeout."""
+    """What every analysis reads: one project's events (and stored sessions) between two instants."""
 
     warehouse: Warehouse
     project: str
     start_ms: int
     end_ms: int
-    timeout_minutes: int
-
-
-# A session per device: a new one after more than the timeout without events.
-_SESSION_SQL = (
-    ",\n            if(e.ts - lagInFrame(e.ts, 1, toInt64(0)) OVER w > {timeout_ms:Int64}, 1, 0) AS new_session",
-    "\n        WINDOW w AS (PARTITION BY e.device ORDER BY e.ts, e.event_id ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)",
-    "\n            concat(device, '#', toString(sum(new_session) OVER (PARTITION BY device ORDER BY ts, event_id"
-    "\n                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))) AS session,",
-)
 
 
 def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> str:
     """Events with their person, label and (when ``sessions``) session.
 
-    Cutting sessions takes a window over every event sorted per device, a fifth of a
-    journey-scope query's time on ten million events; analyses of journeys leave it out."""
+    A session is the one the sessionizer stored (``sessions``, cut by the pure rule of
+    services.core.sessions: the project's inactivity timeout, a change of campaign): each event
+    joins the session of its device that started last at or before it, so session-scope
+    analyses count the sessions ``GET /v1/sessions`` lists. Events no session holds (later than
+    the allowed lateness, or in the batch being written this instant) are left out of them.
+    Journey-scope analyses need no session and skip the join."""
     params.update(
         project=source.project,
         start_ms=source.start_ms,
         end_ms=source.end_ms,
-        timeout_ms=source.timeout_minutes * 60_000,
         placeholders=sorted(PLACEHOLDER_IDS),
     )
-    new_session, window, session = _SESSION_SQL if sessions else ("", "", "")
-    return (
-        """
+    if sessions:
+        stored = """
+    stored_sessions AS (
+        SELECT device AS s_device, session_id AS session,
+               toUnixTimestamp64Milli(started_at) AS s_start, toUnixTimestamp64Milli(ended_at) AS s_end
+        FROM sessions FINAL
+        WHERE project = {project:String}
+          AND started_at < fromUnixTimestamp64Milli({end_ms:Int64})
+          AND ended_at >= fromUnixTimestamp64Milli({start_ms:Int64})
+    ),"""
+        join = """
+        FROM with_person AS e ASOF INNER JOIN stored_sessions AS s ON e.device = s.s_device AND e.ts >= s.s_start
+        WHERE e.ts <= s.s_end"""
+    else:
+        stored, join = "", "\n        FROM with_person"
+    return f"""{stored}
     links AS (
         SELECT anonymous_id, arraySort(x -> x, groupArray((fs, user_id))) AS owners
         FROM (
             SELECT anonymous_id, user_id, toUnixTimestamp64Milli(min(first_seen)) AS fs
-            FROM identity_links WHERE project = {project:String} GROUP BY anonymous_id, user_id
+            FROM identity_links WHERE project = {{project:String}} GROUP BY anonymous_id, user_id
         ) GROUP BY anonymous_id
     ),
     deduped AS (
         SELECT *, toUnixTimestamp64Milli(timestamp) AS ts,
                if(anonymous_id = '', concat('user:', user_id), anonymous_id) AS device
         FROM events FINAL
-        WHERE project = {project:String}
-          AND timestamp >= fromUnixTimestamp64Milli({start_ms:Int64})
-          AND timestamp < fromUnixTimestamp64Milli({end_ms:Int64})
+        WHERE project = {{project:String}}
+          AND timestamp >= fromUnixTimestamp64Milli({{start_ms:Int64}})
+          AND timestamp < fromUnixTimestamp64Milli({{end_ms:Int64}})
     ),
     with_person AS (
         SELECT e.*,
             multiIf(
-                e.user_id != '' AND lower(trimBoth(e.user_id)) NOT IN {placeholders:Array(String)}, e.user_id,
+                e.user_id != '' AND lower(trimBoth(e.user_id)) NOT IN {{placeholders:Array(String)}}, e.user_id,
                 empty(l.owners), e.device,
                 arrayExists(x -> x.1 <= e.ts, l.owners), arrayLast(x -> x.1 <= e.ts, l.owners).2,
                 l.owners[1].2
-            ) AS person{new_session}
-        FROM deduped AS e LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id{window}
+            ) AS person
+        FROM deduped AS e LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
     ),
     base AS (
-        SELECT *,{session}
-            if(type = 'page', concat('page ', path), concat(type, ' ', name)) AS label
-        FROM with_person
-    )""".replace("{new_session}", new_session)
-        .replace("{window}", window)
-        .replace("{session}", session)
-    )
+        SELECT *, if(type = 'page', concat('page ', path), concat(type, ' ', name)) AS label{join}
+    )"""
 
 
 def metric_expr(metric: str) -> str:

@@ -276,7 +276,7 @@ class QueryApi:
         }
 
     def _source(self, project: Project, from_: str | datetime | None, to: str | datetime | None) -> Source:
-        return Source(self.warehouse, project.id, *time_range(from_, to), project.session_timeout_minutes)
+        return Source(self.warehouse, project.id, *time_range(from_, to))
 
     @staticmethod
     def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
