@@ -50,3 +50,10 @@ def bootstrap_of(kafka: kafka_broker.Broker | str) -> str:
 def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """chDB hosts one engine path per process: every in-process test shares this one."""
     return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.harness import kill_leftovers
+
+    if kill_leftovers():
+        print("\n[tests] killed service processes a failed test left running")

@@ -76,6 +76,7 @@ class Proc:
             stderr=open(err, "wb"),
             cwd=self.data_dir,
         )
+        STARTED.append(self.proc)
         if wait:
             self.wait_healthy(timeout)
         return self
@@ -163,6 +164,21 @@ def make_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+# Every service process a test started: a test that fails before its proc.stop() must not
+# leave a server running (and holding CPU and memory) after the test run.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> int:
+    """SIGKILL every started process still running; returns how many there were."""
+    left = [p for p in STARTED if p.poll() is None]
+    for p in left:
+        p.kill()
+        p.wait(10)
+    STARTED.clear()
+    return len(left)
 
 
 def new_proc(command: str, data_dir: Path, **extra: str) -> Proc:
