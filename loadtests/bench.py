@@ -30,7 +30,7 @@ from loadtests.generator import GOAL, beacon_events, generate
 from loadtests.sender import percentile
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
-from services.sessionizer.rows import event_json
+from services.sessionizer.rows import event_json, event_row, event_values_json
 from services.testing import kafka_broker
 from tests.harness import API_KEY, WRITE_KEY, Proc, new_proc
 
@@ -300,19 +300,22 @@ def current_rss_mb(pid: int) -> float:
 
 def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: int) -> dict[str, float]:
     """Raw clickhouse-connect on the same rows and schema: ``insert`` of Python rows (the plain way),
-    ``raw_insert`` of prebuilt JSONEachRow lines, and a point query per device."""
+    ``raw_insert`` of prebuilt JSONCompactEachRow lines (what the sessionizer sends), and a point
+    query per device."""
     from datetime import UTC, datetime
 
     from services.core.warehouse import Warehouse
 
     wh = Warehouse(f"chdb://{workdir / 'ref-clickhouse'}", "bench-reference")
     wh.migrate()
-    lines = [event_json(r) for r in records]
+    lines = [event_values_json(event_row(r)) for r in records]
     rows = []
-    for line in lines:
-        row = orjson.loads(line)
+    for r in records:
+        row = orjson.loads(event_json(r))
         for col in ("timestamp", "received_at"):
             row[col] = datetime.fromtimestamp(row[col], tz=UTC)
+        for col in ("properties", "context"):
+            row[col] = orjson.dumps(row[col]).decode()
         rows.append([row[c] for c in EVENT_COLUMNS])
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
@@ -320,7 +323,7 @@ def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: in
     insert_s = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(0, len(lines), batch):
-        wh.insert_json("events", lines[i : i + batch], EVENT_COLUMNS)
+        wh.insert_json("events", lines[i : i + batch], EVENT_COLUMNS, fmt="JSONCompactEachRow")
     json_s = time.perf_counter() - started
     anon = [r["anonymous_id"] for r in random.Random(1).sample(records, 50)]
     times = []
@@ -614,7 +617,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{c['rows_per_s']:,.0f} rows/s",
             f"point query p50 {c['point_query_p50_ms']} ms",
         ),
-        ("raw clickhouse-connect JSONEachRow (reference)", f"{c['json_rows_per_s']:,.0f} rows/s", ""),
+        ("raw clickhouse-connect JSONCompactEachRow (reference)", f"{c['json_rows_per_s']:,.0f} rows/s", ""),
         ("freshness 200 → visible in journeys", f"p50 {r['freshness']['p50_s']} s", f"p99 {r['freshness']['p99_s']} s"),
         ("GET /v1/journeys", f"p50 {r['queries']['journey_p50_ms']} ms", f"p99 {r['queries']['journey_p99_ms']} ms"),
         (

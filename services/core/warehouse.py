@@ -22,6 +22,14 @@ log = logging.getLogger("touchpoint.warehouse")
 _migrate_lock = threading.Lock()
 
 
+# An object or a list given for a String column (events' properties and context) is stored as
+# its JSON text: the defaults of recent ClickHouse, set for servers configured otherwise.
+JSON_OBJECTS_AS_TEXT: Mapping[str, Any] = {
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_json_read_arrays_as_strings": 1,
+}
+
+
 class WarehouseError(RuntimeError):
     """ClickHouse could not be reached or refused a statement."""
 
@@ -108,14 +116,22 @@ class Warehouse:
         self.client.insert(table, rows, column_names=list(columns), settings=settings)
 
     def insert_json(
-        self, table: str, lines: Sequence[bytes], columns: Sequence[str], dedup_token: str | None = None
+        self,
+        table: str,
+        lines: Sequence[bytes],
+        columns: Sequence[str],
+        dedup_token: str | None = None,
+        fmt: str = "JSONEachRow",
     ) -> None:
-        """Insert JSONEachRow lines: ClickHouse parses them natively, several times faster than
-        encoding Python values. A retried insert with the same token is dropped."""
+        """Insert JSON lines (``JSONEachRow`` objects, or ``JSONCompactEachRow`` arrays of the
+        columns' values): ClickHouse parses them natively, several times faster than encoding
+        Python values. A retried insert with the same token is dropped."""
         if not lines:
             return
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-        self.client.raw_insert(table, list(columns), b"\n".join(lines), settings=settings, fmt="JSONEachRow")
+        settings = dict(JSON_OBJECTS_AS_TEXT)
+        if dedup_token:
+            settings["insert_deduplication_token"] = dedup_token
+        self.client.raw_insert(table, list(columns), b"\n".join(lines), settings=settings, fmt=fmt)
 
     def rows(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT with bound parameters; rows as dicts."""

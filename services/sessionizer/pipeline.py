@@ -25,7 +25,7 @@ from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
 from .open_sessions import OpenSessions
-from .rows import event_row, link_rows, rejected_row, session_event
+from .rows import event_row, event_values_json, link_rows, rejected_row, session_event
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -64,7 +64,7 @@ LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (em
 class Decoded:
     """One batch, decoded into the rows of each table."""
 
-    events: list[bytes] = field(default_factory=list)  # JSONEachRow lines
+    events: list[bytes] = field(default_factory=list)  # JSONCompactEachRow lines (EVENT_COLUMNS order)
     # (project, anonymous_id, event_id) of each line: the events table's key
     event_keys: list[tuple[str, str, str]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)  # what sessionization needs of each event
@@ -118,7 +118,7 @@ def decode(records: list[LogRecord]) -> Decoded:
                 kind = item.get("kind")
                 if kind == "event":
                     row = event_row(item)
-                    out.events.append(orjson.dumps(row))
+                    out.events.append(event_values_json(row))
                     out.event_keys.append((row["project"], row["anonymous_id"], row["event_id"]))
                     event_records.append(item)
                     out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
@@ -275,7 +275,9 @@ class Pipeline:
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
         RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
-        self.warehouse.insert_json("events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"))
+        self.warehouse.insert_json(
+            "events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"), fmt="JSONCompactEachRow"
+        )
         self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
         if self.sessions is not None:  # last: it reads the events just stored when it must recompute
