@@ -30,7 +30,7 @@ from loadtests.generator import GOAL, beacon_events, generate
 from loadtests.sender import percentile
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
-from services.sessionizer.rows import event_json, event_row, event_values_json
+from services.sessionizer.rows import event_row, event_values_json
 from services.testing import kafka_broker
 from tests.harness import API_KEY, WRITE_KEY, Proc, new_proc
 
@@ -311,7 +311,7 @@ def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: in
     lines = [event_values_json(event_row(r)) for r in records]
     rows = []
     for r in records:
-        row = orjson.loads(event_json(r))
+        row = event_row(r)
         for col in ("timestamp", "received_at"):
             row[col] = datetime.fromtimestamp(row[col], tz=UTC)
         for col in ("properties", "context"):

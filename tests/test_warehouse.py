@@ -12,7 +12,7 @@ from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS, MIGRATIONS
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
-from services.sessionizer.rows import event_json
+from services.sessionizer.rows import event_row, event_values_json
 
 
 def stored(raw: dict[str, Any], project: str) -> dict[str, Any]:
@@ -72,8 +72,8 @@ def test_event_rows_fill_every_column_of_the_schema() -> None:
         sent_at_ms=None,
         ip="10.1.2.3",
     )
-    row = orjson.loads(event_json(record))
-    assert tuple(row) == EVENT_COLUMNS
+    row = event_row(record)
+    assert tuple(row) == EVENT_COLUMNS  # the sessionizer sends the values alone, in this order
     assert row["path"] == "/p" and (row["campaign_source"], row["campaign_medium"]) == ("mail", "email")
     assert row["timestamp"] == 1795341600.001  # exact milliseconds as epoch seconds
 
@@ -83,18 +83,20 @@ def test_json_rows_keep_milliseconds_exact(chdb_path: Path) -> None:
     wh.migrate()
     base = 1795341600000
     lines = [
-        event_json(
-            normalize(
-                {"type": "page", "anonymous_id": "ms-dev", "event_id": f"ms{k}"},
-                project="ms",
-                received_ms=base + k,
-                sent_at_ms=None,
-                ip="",
+        event_values_json(
+            event_row(
+                normalize(
+                    {"type": "page", "anonymous_id": "ms-dev", "event_id": f"ms{k}"},
+                    project="ms",
+                    received_ms=base + k,
+                    sent_at_ms=None,
+                    ip="",
+                )
             )
         )
         for k in range(0, 5000, 7)
     ]
-    wh.insert_json("events", lines, EVENT_COLUMNS)
+    wh.insert_json("events", lines, EVENT_COLUMNS, fmt="JSONCompactEachRow")  # as the sessionizer writes
     bad = wh.rows(
         "SELECT count() AS n FROM events WHERE project = 'ms' "
         "AND toUnixTimestamp64Milli(timestamp) != toInt64OrZero(substring(event_id, 3)) + {b:Int64}",

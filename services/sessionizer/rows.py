@@ -44,11 +44,6 @@ def _campaign(context: Mapping[str, Any], url: str) -> tuple[str, str, str]:
     return tuple(query.get(f"utm_{k}", [""])[0] for k in ("source", "medium", "campaign"))  # type: ignore[return-value]
 
 
-def event_json(record: Mapping[str, Any]) -> bytes:
-    """One events-table row as a JSONEachRow line (ClickHouse parses it in C++, fast)."""
-    return orjson.dumps(event_row(record))
-
-
 def event_values_json(row: Mapping[str, Any]) -> bytes:
     """One events-table row as a JSONCompactEachRow line: its values in ``EVENT_COLUMNS`` order."""
     return orjson.dumps(list(row.values()))
