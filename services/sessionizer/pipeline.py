@@ -37,6 +37,9 @@ WRITE_SECONDS = Histogram(
     "Time to write one batch to ClickHouse",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+READER_RESTARTS = Counter(
+    "touchpoint_sessionizer_reader_restarts_total", "Log consumers restarted after they stopped making progress"
+)
 WRITE_FAILURES = Counter("touchpoint_sessionizer_write_failures_total", "Failed batch writes (retried)")
 RESENT_IN_BATCH = Counter(
     "touchpoint_sessionizer_resent_in_batch_total", "Earlier copies of an event sent twice within one batch, dropped"
@@ -229,6 +232,7 @@ class Pipeline:
             and size < self.max_bytes
             and not stop.is_set()
             and not self._flush_requested.is_set()
+            and not self.reader.stalled()
         ):
             remaining = self.max_seconds if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
@@ -271,6 +275,15 @@ class Pipeline:
             if not self._flush_requested.is_set():
                 raise  # we are cancelled ourselves, not the poll
             return []
+
+    async def _restart_reader(self) -> None:
+        """The log is stuck: with nothing in hand or in flight, reconnect and read again from
+        the last commit. Another process may own our partitions by then, so the open sessions
+        are forgotten (recomputed from stored events when their devices come back)."""
+        if self.sessions is not None:
+            self.sessions.forget()
+        READER_RESTARTS.inc()
+        await self.reader.restart()
 
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
@@ -340,6 +353,12 @@ class Pipeline:
         writing: asyncio.Task[bool] | None = None
         try:
             while not stop.is_set():
+                if self.reader.stalled():
+                    if writing is not None:
+                        done, writing = await writing, None
+                        if not done:
+                            break
+                    await self._restart_reader()
                 records, decoded = await self.collect(stop)
                 lag = self.reader.lag()
                 if lag is not None:

@@ -55,3 +55,9 @@ class LogReader(Protocol):
     def on_revoke(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Await ``hook`` before partitions are handed to another consumer, so what is in hand
         can be written and committed first (a log without consumer groups never calls it)."""
+
+    def stalled(self) -> str | None:
+        """Why the reader has made no progress for too long while polled, or None."""
+
+    async def restart(self) -> None:
+        """Drop the connection and read again from the last commit (after ``stalled``)."""

@@ -240,6 +240,13 @@ class EmbeddedLogReader:
     def lag(self) -> int | None:
         return self.log.durable_end - self._position
 
+    def stalled(self) -> str | None:
+        """A file in our own process cannot stall."""
+        return None
+
+    async def restart(self) -> None:
+        return None
+
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         await self.log.wait_beyond(self._position, timeout_s)
         if self.log.durable_end <= self._position:

@@ -26,6 +26,13 @@ RETRY_COOLDOWN_S = 0.5
 LAG_INTERVAL_S = 1.0
 LAG_TIMEOUT_S = 2.0
 COMMIT_TIMEOUT_S = 10.0
+# A consumer polled for this long without a record while records wait (or without knowing
+# whether they do) is restarted: aiokafka's group coordinator can stay stuck after the
+# broker comes back (seen in CI: four commit timeouts after a broker restart, then nothing).
+STALL_AFTER_S = 30.0
+RESTART_RETRY_S = 5.0
+# A pause between polls longer than this (the pipeline waiting for ClickHouse) is not a stall.
+POLL_GAP_S = 5.0
 STOP_TIMEOUT_S = 10.0  # after a failure, answer 503 at once for this long instead of piling up
 # After a commit the broker writes its transaction markers and answers the producer's next
 # AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until they are written (KAFKA-5477), which
@@ -243,6 +250,9 @@ class KafkaLogReader:
         self._lag: int | None = None
         self._lag_measured_at = 0.0
         self._listener = _RevokeListener()
+        self._progress_at = time.monotonic()  # last poll with records, or with nothing to read
+        self._polled_at = 0.0
+        self._commit_timeouts = 0
 
     def on_revoke(self, hook: Callable[[], Awaitable[None]]) -> None:
         self._listener.hook = hook
@@ -250,6 +260,12 @@ class KafkaLogReader:
     async def start(self) -> None:
         for topic in (self.topic, self.dead_letter_topic):
             await ensure_topic(self.bootstrap, topic, 1)  # a no-op when ingest created them
+        await self._start_consumer()
+
+    async def _start_consumer(self) -> None:
+        self._progress_at = time.monotonic()
+        self._commit_timeouts = 0
+        self._lag = None
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -268,6 +284,33 @@ class KafkaLogReader:
                 await asyncio.wait_for(consumer.stop(), STOP_TIMEOUT_S)
             except TimeoutError:
                 log.warning("Kafka consumer did not leave its group in time; the broker will time it out")
+
+    def stalled(self) -> str | None:
+        idle = time.monotonic() - self._progress_at
+        if self._consumer is None:
+            return "no consumer: the last restart failed" if idle > RESTART_RETRY_S else None
+        if self._commit_timeouts >= 3:
+            return f"{self._commit_timeouts} offset commits in a row timed out"
+        if idle > STALL_AFTER_S:
+            state = "records waiting" if self._lag else "consumer lag unknown"
+            return f"no record for {idle:.0f} s with {state}"
+        return None
+
+    async def restart(self) -> None:
+        """Leave the group and join again as a new member, from the last committed offsets.
+
+        Records read but not committed are read again; each event_id is stored once."""
+        reason = self.stalled()
+        log.warning("restarting the Kafka consumer", extra={"reason": reason, **self._group_state()})
+        await self.stop()
+        try:
+            await asyncio.wait_for(self._start_consumer(), STOP_TIMEOUT_S)
+        except Exception as exc:  # broker still away: try again a little later
+            log.warning("Kafka consumer restart failed; trying again later", extra={"error": repr(exc)[:300]})
+            await self.stop()  # what the failed start left half open
+            self._progress_at = time.monotonic()
+        else:
+            log.info("Kafka consumer restarted")
 
     def lag(self) -> int | None:
         """Records on assigned partitions not yet read, as of the last poll.
@@ -292,23 +335,46 @@ class KafkaLogReader:
                 for tp in assigned:
                     total += max(0, ends[tp] - await consumer.position(tp))
         except Exception as exc:  # broker unreachable, rebalance under way
-            log.debug("consumer lag unknown", extra={"error": repr(exc)[:200]})
+            level = logging.INFO if self._lag is not None else logging.DEBUG  # once per outage
+            log.log(level, "consumer lag unknown", extra={"error": repr(exc)[:200], **self._group_state()})
             self._lag = None
             return
         self._lag = total
 
+    def _group_state(self) -> dict[str, object]:
+        """What the consumer believes about its group, for logs when something is stuck."""
+        consumer = self._consumer
+        coordinator = getattr(consumer, "_coordinator", None)
+        return {
+            "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in consumer.assignment()) if consumer else [],
+            "coordinator_id": getattr(coordinator, "coordinator_id", None),
+            "generation": getattr(coordinator, "generation", None),
+            "member_id": getattr(coordinator, "member_id", None),
+        }
+
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
-        assert self._consumer is not None
+        now = time.monotonic()
+        if now - self._polled_at > POLL_GAP_S:  # we were busy elsewhere: the clock starts now
+            self._progress_at = now
+        if self._consumer is None:  # a failed restart; ``stalled`` asks for another
+            await asyncio.sleep(timeout_s)
+            self._polled_at = time.monotonic()
+            return []
         batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         out: list[LogRecord] = []
         for tp, messages in batches.items():
             for m in messages:
                 out.append(LogRecord(tp.partition, m.offset, m.offset + 1, m.key or b"", m.value or b"", tp.topic))
         await self._measure_lag()
+        self._polled_at = time.monotonic()
+        if out or self._lag == 0:
+            self._progress_at = self._polled_at
         return out
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
-        assert self._consumer is not None
+        if self._consumer is None:
+            log.warning("offsets not committed: no Kafka consumer; they are read again after the restart")
+            return
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic or self.topic, r.partition)
@@ -319,10 +385,14 @@ class KafkaLogReader:
             return
         try:
             await asyncio.wait_for(self._consumer.commit(offsets), COMMIT_TIMEOUT_S)
+            self._commit_timeouts = 0
         except TimeoutError:
+            self._commit_timeouts += 1
             # The group coordinator is unreachable. What we wrote is stored; a
             # redelivery after a restart or rebalance is counted once by event_id.
-            log.warning("offset commit timed out; continuing", extra={"timeout_s": COMMIT_TIMEOUT_S})
+            log.warning(
+                "offset commit timed out; continuing", extra={"timeout_s": COMMIT_TIMEOUT_S, **self._group_state()}
+            )
         except CommitFailedError as exc:
             # A rebalance took the partitions: the new owner re-reads from the last
             # commit. What we wrote is already stored, and queries count each
