@@ -110,3 +110,28 @@ def test_session_ids_are_uuid5_of_device_and_first_event() -> None:
 
     for project, device, first in (("p", "a1", "e1"), ("shop", "user:ü", "0190c6a2-1f9e")):
         assert session_id(project, device, first) == str(uuid.uuid5(_NAMESPACE, f"{project}\x00{device}\x00{first}"))
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6, allow_nan=False), max_size=60))
+def test_running_median_is_the_median_at_every_step(values: list[float]) -> None:
+    import statistics
+
+    from services.core.sessions import RunningMedian
+
+    running = RunningMedian()
+    assert running.median() is None
+    for i, value in enumerate(values):
+        running.add(value)
+        assert running.median() == statistics.median(values[: i + 1])
+
+
+@given(st.lists(st.text(max_size=6), max_size=30), st.lists(st.text(max_size=6), max_size=30))
+def test_seen_ids_hold_exactly_what_was_added(added: list[str], others: list[str]) -> None:
+    from services.core.sessions import SeenIds
+
+    seen = SeenIds()
+    for event_id in added:
+        seen.add(event_id)
+    assert all(event_id in seen for event_id in added)
+    assert not any(other in seen for other in others if other not in added)
+    assert 1 not in seen

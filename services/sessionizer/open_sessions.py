@@ -60,6 +60,9 @@ class _Device:
     version: int
 
 
+_NO_LINKS: dict[str, int] = {}  # shared by every device without links: never mutated
+
+
 def _links(anonymous_id: str, links: Mapping[str, int]) -> list[Link]:
     return [Link(anonymous_id, user_id, first, first) for user_id, first in links.items()]
 
@@ -244,7 +247,7 @@ class OpenSessions:
             newest = summaries[-1] if summaries else None
             key = (project, device)
             if newest is not None and (newest_stored is None or newest.started_at > newest_stored):
-                updates[key] = _Device(newest, links.get(device, {}), version)
+                updates[key] = _Device(newest, links.get(device, _NO_LINKS), version)
             else:
                 updates[key] = None  # the newest session is an older stored one: not held
 
