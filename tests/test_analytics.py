@@ -129,7 +129,7 @@ def test_session_scope_and_errors_metric(loaded: tuple[Proc, Traffic]) -> None:
 
 def test_invalid_queries_answer_422_naming_the_field(loaded: tuple[Proc, Traffic]) -> None:
     proc, _ = loaded
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"goal": GOAL, "window_seconds": -1}, "window_seconds"),
         ({"goal": GOAL, "scope": "galaxy"}, "scope"),
         ({"goal": {"colour": "red"}}, "goal"),

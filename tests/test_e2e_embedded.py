@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -84,7 +85,7 @@ def ago(minutes: float) -> str:
 
 def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:
     web, phone, user = uid("web"), uid("phone"), uid("user")
-    web_events = [
+    web_events: list[dict[str, Any]] = [
         {
             "event_id": uid("e"),
             "type": "page",
@@ -114,7 +115,7 @@ def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:
     r = up.post_batch(web_events)
     assert r.status_code == 200 and r.json() == {"accepted": 3, "rejected": []}
     # The app: anonymous first (before the device is linked), logged in later; sent late from an offline queue.
-    app_events = [
+    app_events: list[dict[str, Any]] = [
         {
             "event_id": uid("e"),
             "type": "screen",
@@ -234,14 +235,15 @@ def test_api_keys_are_per_project(up: Proc) -> None:
     assert up.journey(dev, key=API_KEY, **{"from": "yesterday"}).status_code == 422
 
 
-def journey_with_key(up: Proc, dev: str, key: str, eid: str) -> dict:
+def journey_with_key(up: Proc, dev: str, key: str, eid: str) -> dict[str, Any]:
     from tests.harness import wait_for
 
-    def check() -> dict | None:
+    def check() -> dict[str, Any] | None:
         r = up.journey(dev, key=key)
         return r.json() if r.status_code == 200 and eid in event_ids(r.json()) else None
 
-    return wait_for(check, 30, "journey in the other project")
+    journey: dict[str, Any] = wait_for(check, 30, "journey in the other project")
+    return journey
 
 
 def test_sigkill_right_after_200_loses_nothing(tmp_path: Path) -> None:
@@ -314,7 +316,7 @@ def test_shared_device_switches_user_without_merging_and_is_reported(up: Proc) -
     assert sorted(event_ids(bob_journey)) == sorted(ids[3:])
     assert up.journey(device).json()["person_id"] == bob  # the device's current owner
 
-    def conflict() -> dict | None:
+    def conflict() -> dict[str, Any] | None:
         r = httpx.get(f"{up.url}/v1/identity-conflicts", headers={"Authorization": f"Bearer {API_KEY}"})
         return next((c for c in r.json()["conflicts"] if c["anonymous_id"] == device), None)
 
@@ -326,7 +328,7 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
     spec = httpx.get(f"{up.url}/openapi.json").json()
     schemas = spec["components"]["schemas"]
 
-    def has_example(op: dict) -> bool:
+    def has_example(op: dict[str, Any]) -> bool:
         for content in op.get("requestBody", {}).get("content", {}).values():
             ref = content.get("schema", {}).get("$ref", "")
             if "example" in content or "example" in schemas.get(ref.split("/")[-1], {}):
@@ -364,7 +366,7 @@ def test_events_later_than_the_allowed_lateness_are_stored_and_flagged(up: Proc)
     ten_days = (datetime.now(UTC) - timedelta(days=10)).isoformat()
     from tests.harness import wait_for
 
-    def both() -> dict | None:
+    def both() -> dict[str, Any] | None:
         r = up.journey(dev, **{"from": ten_days})
         return r.json() if r.status_code == 200 and {old, fresh} <= set(event_ids(r.json())) else None
 

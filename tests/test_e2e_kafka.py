@@ -8,6 +8,7 @@ import re
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -35,7 +36,7 @@ def _events_in(value: bytes) -> int:
     return len(decoded) if isinstance(decoded, list) else 1
 
 
-def devices_events(devices: list[str], per_device: int) -> list[dict[str, object]]:
+def devices_events(devices: list[str], per_device: int) -> list[dict[str, Any]]:
     return [
         {
             "event_id": f"{d}-{i}",
@@ -146,7 +147,7 @@ def test_separate_services_ingest_sessionizer_api(kafka: Broker | str, tmp_path:
     # chDB is in-process: the API opens the same engine path once the sessionizer left.
     api = new_proc("api", data, **env).start()
     try:
-        journey = journey_with(api, user, {e["event_id"] for e in events})  # type: ignore[misc]
+        journey = journey_with(api, user, {e["event_id"] for e in events})
         ids = event_ids(journey)
         assert len(ids) == len(events) and set(ids) == {e["event_id"] for e in events}
         assert set(journey["identities"]["anonymous_ids"]) == set(devices)
@@ -162,14 +163,14 @@ def test_sessionizer_restart_resumes_from_committed_offsets(kafka: Broker | str,
     first = devices_events([device], 5)
     try:
         assert proc.post_batch(first).status_code == 200
-        journey_with(proc, device, {e["event_id"] for e in first})  # type: ignore[misc]
+        journey_with(proc, device, {e["event_id"] for e in first})
     finally:
         proc.stop()
     proc.start()
     try:
         later = [{**e, "event_id": f"later-{e['event_id']}"} for e in first]
         assert proc.post_batch(later).status_code == 200
-        expected = {e["event_id"] for e in first + later}  # type: ignore[misc]
+        expected = {e["event_id"] for e in first + later}
         journey = journey_with(proc, device, expected)
         assert sorted(event_ids(journey)) == sorted(expected)
     finally:
@@ -247,7 +248,8 @@ def test_ingest_workers_share_one_port_and_a_killed_worker_comes_back(kafka: Bro
     ingest = new_proc("ingest", tmp_path / "workers", TOUCHPOINT_INGEST_WORKERS="2", **env).start()
     try:
         assert ingest.proc is not None
-        workers = wait_for(lambda: (c := _children(ingest.proc.pid)) and len(c) == 2 and c, 30, "two workers")
+        supervisor = ingest.proc.pid
+        workers = wait_for(lambda: (c := _children(supervisor)) and len(c) == 2 and c, 30, "two workers")
         devices = [f"w-{uuid.uuid4().hex[:8]}" for _ in range(40)]
         # One connection per request: the kernel spreads them over both workers' sockets.
         for device in devices[:20]:
@@ -259,7 +261,7 @@ def test_ingest_workers_share_one_port_and_a_killed_worker_comes_back(kafka: Bro
         for device in devices[20:]:
             assert ingest.post_batch(devices_events([device], 1)).status_code == 200
         replaced = wait_for(
-            lambda: (c := _children(ingest.proc.pid)) and len(c) == 2 and victim not in c and c, 30, "a new worker"
+            lambda: (c := _children(supervisor)) and len(c) == 2 and victim not in c and c, 30, "a new worker"
         )
         assert len(replaced & workers) == 1
         records = asyncio.run(read_topic(bootstrap_of(kafka), env["TOUCHPOINT_KAFKA_TOPIC"], 40))

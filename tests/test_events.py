@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.core.events import (
@@ -16,7 +18,7 @@ from services.core.events import (
 RECEIVED = parse_time_ms("2026-11-22T12:00:00Z", "t")
 
 
-def norm(raw: object, sent_at: int | None = None, ip: str = "203.0.113.77", anonymize: bool = True) -> dict:
+def norm(raw: object, sent_at: int | None = None, ip: str = "203.0.113.77", anonymize: bool = True) -> dict[str, Any]:
     return normalize(raw, project="p", received_ms=RECEIVED, sent_at_ms=sent_at, ip=ip, anonymize=anonymize)
 
 

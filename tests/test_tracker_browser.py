@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,7 +94,7 @@ def test_tracker_in_headless_chromium(up: Proc, tmp_path: Path) -> None:
     assert match, f"the page did not run the tracker:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     anonymous_id = match.group(1)
 
-    def complete() -> dict | None:
+    def complete() -> dict[str, Any] | None:
         r = up.journey("browser-user-1")
         if r.status_code != 200:
             return None
