@@ -20,7 +20,13 @@ BREAKDOWNS = ("channel", "browser", "os", "device_type", "country", "network")
 METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 
 # Each unit's event array holds tuples, read in SQL by position (1-based):
-# 1 ts, 2 label, 3 channel, 4 metric, 5 error, 6 is goal, 7 is marked (start/touchpoint), 8 type.
+# 1 ts, 2 touchpoint id, 3 channel id, 4 metric, 5 error, 6 is goal, 7 is marked (start/touchpoint),
+# 8 is an identify call. Touchpoints and channels travel as 64-bit ids, not texts: gathering ten
+# million events' texts into arrays was a third of abandonment's time. ``names_sql`` turns the few
+# ids an answer holds back into texts.
+TOUCHPOINT_ID = "if(type = 'page', cityHash64('page', path), cityHash64(toString(type), name))"
+TOUCHPOINT_TEXT = "if(type = 'page', concat('page ', path), concat(toString(type), ' ', name))"
+CHANNEL_ID = "cityHash64(channel)"
 
 
 @dataclass(frozen=True)
@@ -107,9 +113,24 @@ def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown
     return f"""
     units AS (
         SELECT {unit} AS unit, {dim} AS dim,
-            arraySort(x -> (x.1, x.2), groupArray((ts, label, channel, {metric_expr(metric)}, error_kind != '',
-                                                  {goal_cond}, {mark_cond}, toString(type)))) AS evs
+            arraySort(groupArray((ts, {TOUCHPOINT_ID}, {CHANNEL_ID}, {metric_expr(metric)}, error_kind != '',
+                                  {goal_cond}, {mark_cond}, type = 'identify'))) AS evs
         FROM base GROUP BY unit
+    )"""
+
+
+def names_sql() -> str:
+    """The texts of each (touchpoint id, channel id) pair among the source's events: a scan of
+    two columns, grouped into as many rows as there are distinct pairs."""
+    return f"""
+    names AS (
+        SELECT {TOUCHPOINT_ID} AS tp_id, {CHANNEL_ID} AS ch_id, any({TOUCHPOINT_TEXT}) AS tp_text,
+               any(channel) AS ch_text
+        FROM events
+        WHERE project = {{project:String}}
+          AND timestamp >= fromUnixTimestamp64Milli({{start_ms:Int64}})
+          AND timestamp < fromUnixTimestamp64Milli({{end_ms:Int64}})
+        GROUP BY tp_id, ch_id
     )"""
 
 
@@ -135,18 +156,19 @@ def abandonment(
             arrayFilter((x, i) -> i >= si AND x.1 <= start_ts + {{window_ms:Int64}}, evs, arrayEnumerate(evs)) AS win,
             arrayFirstIndex(x -> x.6, win) AS gi,
             gi > 0 AS converted,
-            arrayFilter(x -> x.8 != 'identify' AND NOT x.6, if(gi > 0, arraySlice(win, 1, gi - 1), win)) AS before,
-            if(converted, win[gi].3, '') AS goal_channel,
+            arrayFilter(x -> NOT x.8 AND NOT x.6, if(gi > 0, arraySlice(win, 1, gi - 1), win)) AS before,
+            if(converted, win[gi].3, 0) AS goal_channel,
             (before[-1].2, before[-1].3) AS point,
             NOT converted AND notEmpty(before) AS abandoned,
-            if(abandoned, point.1, '') AS touchpoint,
-            if(abandoned, point.2, '') AS channel,
+            if(abandoned, point.1, 0) AS touchpoint,
+            if(abandoned, point.2, 0) AS channel,
             arrayFilter(x -> x.2 = point.1 AND x.3 = point.2, before) AS at_point
         FROM units WHERE si > 0
-    )
+    ),
+    {names_sql()}
     -- One pass over j for both the totals per dim and the abandonment points: j is a CTE,
     -- which ClickHouse inlines, so a UNION of two SELECTs from it computed it twice.
-    SELECT * FROM (
+    SELECT r.* EXCEPT (touchpoint, channel), names.tp_text AS touchpoint, names.ch_text AS channel FROM (
         SELECT if(grouping(touchpoint) = 1, 'totals', 'point') AS kind, dim, touchpoint, channel,
             if(kind = 'totals', count(), countIf(abandoned)) AS n,
             countIf(converted) AS converted_n,
@@ -165,7 +187,8 @@ def abandonment(
         FROM j
         GROUP BY GROUPING SETS ((dim), (dim, touchpoint, channel))
         HAVING n > 0 OR kind = 'totals'
-    )
+    ) AS r
+    LEFT JOIN names ON r.touchpoint = names.tp_id AND r.channel = names.ch_id
     ORDER BY kind, n DESC, touchpoint, channel
     LIMIT {{limit:UInt32}} BY kind, dim
     """
@@ -398,23 +421,29 @@ def paths(
     WITH {base_sql(params, source, sessions=scope == "session")},
     {units_sql(scope, goal_cond or "0", touchpoint_cond, "response_ms", None)},
     touchpoints AS (  -- identify calls are not touchpoints
-        SELECT arrayFilter(x -> x.8 != 'identify', evs) AS evs FROM units
+        SELECT arrayFilter(x -> NOT x.8, evs) AS evs FROM units
         WHERE {"NOT arrayExists(x -> x.6, evs)" if goal_cond else "1"}
     ),
     visits AS (
         SELECT i, evs FROM touchpoints ARRAY JOIN arrayFilter(i -> evs[i].7, arrayEnumerate(evs)) AS i
     ),
     around AS (  -- both directions from one pass: a UNION of two SELECTs from visits computed it twice
-        SELECT direction,
-            multiIf(direction = 'next' AND i = length(evs), '(exit)', direction = 'next', evs[i + 1].2,
-                    i = 1, '(entry)', evs[i - 1].2) AS touchpoint,
-            multiIf(direction = 'next' AND i = length(evs), '', direction = 'next', evs[i + 1].3,
-                    i = 1, '', evs[i - 1].3) AS channel
+        SELECT direction,  -- id 0: the unit's end (next) or start (previous)
+            multiIf(direction = 'next' AND i = length(evs), 0, direction = 'next', evs[i + 1].2,
+                    i = 1, 0, evs[i - 1].2) AS tp_id,
+            multiIf(direction = 'next' AND i = length(evs), 0, direction = 'next', evs[i + 1].3,
+                    i = 1, 0, evs[i - 1].3) AS ch_id
         FROM visits ARRAY JOIN ['next', 'previous'] AS direction
-    )
-    SELECT direction, touchpoint, channel, count() AS n,
-        sum(count()) OVER (PARTITION BY direction) AS visits
-    FROM around GROUP BY direction, touchpoint, channel
+    ),
+    {names_sql()}
+    SELECT direction,
+        multiIf(r.tp_id != 0, names.tp_text, direction = 'next', '(exit)', '(entry)') AS touchpoint,
+        names.ch_text AS channel, n, visits
+    FROM (
+        SELECT direction, tp_id, ch_id, count() AS n, sum(count()) OVER (PARTITION BY direction) AS visits
+        FROM around GROUP BY direction, tp_id, ch_id
+    ) AS r
+    LEFT JOIN names ON r.tp_id = names.tp_id AND r.ch_id = names.ch_id
     ORDER BY direction, n DESC, touchpoint, channel
     LIMIT {{limit:UInt32}} BY direction
     """
