@@ -22,7 +22,7 @@ METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 # Each unit's event array holds tuples, read in SQL by position (1-based):
 # 1 ts, 2 touchpoint id, 3 channel id, 4 metric, 5 error, 6 is goal, 7 is marked (start/touchpoint),
 # 8 is an identify call. Touchpoints and channels travel as 64-bit ids, not texts: gathering ten
-# million events' texts into arrays was a third of abandonment's time. ``names_sql`` turns the few
+# million events' texts into arrays was a third of abandonment's time. ``NAMES_SQL`` turns the few
 # ids an answer holds back into texts.
 TOUCHPOINT_ID = "if(type = 'page', cityHash64('page', path), cityHash64(toString(type), name))"
 TOUCHPOINT_TEXT = "if(type = 'page', concat('page ', path), concat(toString(type), ' ', name))"
@@ -119,10 +119,9 @@ def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown
     )"""
 
 
-def names_sql() -> str:
-    """The texts of each (touchpoint id, channel id) pair among the source's events: a scan of
-    two columns, grouped into as many rows as there are distinct pairs."""
-    return f"""
+# The texts of each (touchpoint id, channel id) pair among the source's events: a scan of a few
+# columns, grouped into as many rows as there are distinct pairs.
+NAMES_SQL = f"""
     names AS (
         SELECT {TOUCHPOINT_ID} AS tp_id, {CHANNEL_ID} AS ch_id, any({TOUCHPOINT_TEXT}) AS tp_text,
                any(channel) AS ch_text
@@ -165,7 +164,7 @@ def abandonment(
             arrayFilter(x -> x.2 = point.1 AND x.3 = point.2, before) AS at_point
         FROM units WHERE si > 0
     ),
-    {names_sql()}
+    {NAMES_SQL}
     -- One pass over j for both the totals per dim and the abandonment points: j is a CTE,
     -- which ClickHouse inlines, so a UNION of two SELECTs from it computed it twice.
     SELECT r.* EXCEPT (touchpoint, channel), names.tp_text AS touchpoint, names.ch_text AS channel FROM (
@@ -435,7 +434,7 @@ def paths(
                     i = 1, 0, evs[i - 1].3) AS ch_id
         FROM visits ARRAY JOIN ['next', 'previous'] AS direction
     ),
-    {names_sql()}
+    {NAMES_SQL}
     SELECT direction,
         multiIf(r.tp_id != 0, names.tp_text, direction = 'next', '(exit)', '(entry)') AS touchpoint,
         names.ch_text AS channel, n, visits

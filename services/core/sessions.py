@@ -242,43 +242,22 @@ class SessionSummary:
     )
 
     def __init__(self, first: Mapping[str, Any]) -> None:
-        # The first event's share of ``add``, done directly: a new device's one-event session is
-        # the commonest summary, and building it was most of a new device's cost.
         # Low-cardinality texts are interned: a million held sessions share one "Chrome".
-        get = first.get
-        self.project = project = _intern(str(get("project") or ""))
-        self.device = device = device_of(first)
-        event_id = str(first["event_id"])
-        self.session_id = session_id(project, device, event_id)
-        key = (int(first["timestamp"]), event_id)
-        self.started_at = self.ended_at = key[0]
+        self.project = _intern(str(first.get("project") or ""))
+        self.device = device_of(first)
+        self.session_id = session_id(self.project, self.device, str(first["event_id"]))
+        self.started_at = self.ended_at = int(first["timestamp"])
         self.first_campaign = campaign_of(first)
-        self.attributes = (
-            _intern(str(get("channel") or "")),
-            _intern(str(get("browser") or "")),
-            _intern(str(get("os") or "")),
-            _intern(str(get("device_type") or "")),
-            _intern(str(get("country") or "")),
-            _intern(str(get("network") or "")),
-        )
-        self.first_key = self.last_key = self.entry_key = self.exit_key = self.user_key = key
-        user_id = str(get("user_id") or "")
-        self.user_id = user_id if user_id and not is_placeholder(user_id) else ""
-        kind = get("type")
-        self.entry = self.exit = "" if kind == "identify" else label_of(first)
-        self.events = 1
-        self.pageviews = 1 if kind == "page" else 0
-        self.errors = 1 if get("error_kind") else 0
-        response = get("response_ms")
-        self.response_median: RunningMedian | None = None
+        self.attributes = tuple(_intern(str(first.get(k) or "")) for k in _FIRST_EVENT_ATTRIBUTES)
+        self.first_key = self.last_key = self.entry_key = self.exit_key = self.user_key = event_key(first)
+        self.user_id = ""
+        self.entry = self.exit = ""
+        self.events = self.pageviews = self.errors = 0
+        self.response_median: RunningMedian | None = None  # from the first response time on
         self.response_max: float | None = None
-        if response is not None:
-            self.response_median = RunningMedian()
-            self.response_median.add(float(response))
-            self.response_max = float(response)
-        self.goals: tuple[str, ...] = (str(get("name") or ""),)  # distinct names: a tuple is 170 bytes lighter
+        self.goals: tuple[str, ...] = ()  # distinct event names: a tuple, 170 bytes lighter than a set
         self.seen = SeenIds()
-        self.seen.add(event_id)
+        self.add(first)
 
     def continues_with(self, event: Mapping[str, Any], timeout_ms: int) -> bool:
         """Whether ``event``, later than every event so far, belongs to this session."""
