@@ -96,7 +96,7 @@ def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> s
         FROM deduped AS e LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
     ),
     base AS (
-        SELECT *, if(type = 'page', concat('page ', path), concat(type, ' ', name)) AS label{join}
+        SELECT *, {TOUCHPOINT_TEXT} AS label{join}
     )"""
 
 
