@@ -20,7 +20,7 @@ class SendResult:
 
     accepted_ids: set[str] = field(default_factory=set)
     refused_ids: set[str] = field(default_factory=set)  # answered 4xx/503, or never connected
-    unknown_ids: set[str] = field(default_factory=set)  # the connection broke mid-request: outcome unknown
+    unknown_ids: set[str] = field(default_factory=set)  # connection broken mid-request, or 504: outcome unknown
     statuses: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
@@ -67,7 +67,7 @@ async def send(
                 result.latencies.append(time.perf_counter() - t)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 if (
-                    status in (503, 0, -1)
+                    status in (503, 504, 0, -1)
                     and retry_503
                     and (deadline_s is None or time.monotonic() - started < deadline_s)
                 ):
@@ -79,7 +79,7 @@ async def send(
                 refused = {batch.events[r["index"]].get("event_id") for r in r.json()["rejected"]}
                 result.accepted_ids |= ids - refused
                 result.refused_ids |= refused - {None}
-            elif status == 0:
+            elif status in (0, 504):  # 504: the log could not tell whether it stored them
                 result.errors += 1
                 result.unknown_ids |= ids
             else:

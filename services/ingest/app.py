@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.core.eventlog import LogUnavailable, LogWriter
+from services.core.eventlog import LogOutcomeUnknown, LogUnavailable, LogWriter
 from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms, partition_key, rejected_record
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects, Settings
@@ -113,6 +113,7 @@ class Prepared:
     records: list[tuple[bytes, bytes]]
     dead_letters: list[tuple[bytes, bytes]]
     rejected: list[dict[str, Any]]
+    event_ids: list[str | None]  # per event of the request (None: rejected), for an unknown outcome
 
 
 class Ingest:
@@ -306,6 +307,7 @@ class Ingest:
         packs: dict[bytes, list[bytes]] = {}  # partition key → serialised records
         rejected: list[dict[str, Any]] = []
         dead_letters: list[tuple[bytes, bytes]] = []
+        event_ids: list[str | None] = []
         max_event = self.settings.max_event_bytes
         for index, raw_event in enumerate(events):
             try:
@@ -328,16 +330,19 @@ class Ingest:
                 problem = invalid
             else:
                 packs.setdefault(partition_key(record), []).append(value)
+                event_ids.append(record["event_id"])
                 continue
+            event_ids.append(None)
             rejected.append({"index": index, "error": str(problem)})
             REJECTED.labels(problem.field).inc()
             dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
             dead_letters.append((project.id.encode(), orjson.dumps(dead)))
         records = [(key, value) for key, values in packs.items() for value in pack(values)]
-        return Prepared(records, dead_letters, rejected)
+        return Prepared(records, dead_letters, rejected, event_ids)
 
     async def _append(self, prepared: Prepared, cors: Mapping[str, str]) -> Answer | None:
-        """None once durable; a 503 with Retry-After when the log cannot take them."""
+        """None once durable; a 503 with Retry-After when the log cannot take them; a 504 when
+        it cannot tell whether it did (retrying with the ids in the answer stores them once)."""
         started = time.perf_counter()
         try:
             with IN_FLIGHT.track_inprogress():
@@ -349,6 +354,14 @@ class Ingest:
                 "event log unavailable, nothing was stored; retry later",
                 {"Retry-After": str(RETRY_AFTER_SECONDS), **cors},
             )
+        except LogOutcomeUnknown as exc:
+            log.warning("event log outcome unknown; answering 504", extra={"error": str(exc)[:300]})
+            body = {
+                "error": "event log did not confirm in time; the events may be stored: retry later with the "
+                "same event_id values (listed in event_ids, in request order), which are stored once",
+                "event_ids": prepared.event_ids,
+            }
+            return _json(504, body, {"Retry-After": str(RETRY_AFTER_SECONDS), **cors})
         APPEND_SECONDS.observe(time.perf_counter() - started)
         return None
 

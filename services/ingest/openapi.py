@@ -62,7 +62,14 @@ _RESPONSES: dict[str, Any] = {
     "401": {"description": "Missing or unknown write key"},
     "413": {"description": "Body over the limit"},
     "415": {"description": "Unsupported Content-Encoding"},
-    "503": {"description": "The event log cannot take events now; retry after Retry-After seconds"},
+    "503": {
+        "description": "The event log cannot take events now and stored none of them; retry after Retry-After seconds"
+    },
+    "504": {
+        "description": "The event log did not confirm the commit in time, so the events may or may not be stored. "
+        "Retry after Retry-After seconds with the same event_id values (the answer's event_ids lists them in request "
+        "order, including ids the server assigned): they are stored once either way"
+    },
 }
 
 BATCH_OPENAPI: dict[str, Any] = {

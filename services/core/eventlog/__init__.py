@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import LogReader, LogRecord, LogUnavailable, LogWriter
+from .base import LogOutcomeUnknown, LogReader, LogRecord, LogUnavailable, LogWriter
 from .embedded import EmbeddedLog, EmbeddedLogReader
 
 __all__ = [
     "EmbeddedLog",
     "EmbeddedLogReader",
+    "LogOutcomeUnknown",
     "LogReader",
     "LogRecord",
     "LogUnavailable",

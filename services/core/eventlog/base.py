@@ -8,7 +8,14 @@ from typing import Protocol
 
 
 class LogUnavailable(RuntimeError):
-    """The log cannot take events right now; clients should retry later (HTTP 503)."""
+    """The log cannot take events right now, and stored none of them: retry later (HTTP 503)."""
+
+
+class LogOutcomeUnknown(RuntimeError):
+    """The log may or may not have stored the events: the answer to their commit was lost.
+
+    Not a 503, whose promise is "nothing was stored": a client retrying with the same event
+    ids has them stored once either way (HTTP 504)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +40,8 @@ class LogWriter(Protocol):
     async def append(
         self, records: Sequence[tuple[bytes, bytes]], dead_letters: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
-        """Return only once every (key, value) is durable, all or none; raise LogUnavailable otherwise.
+        """Return only once every (key, value) is durable, all or none; raise LogUnavailable when
+        none is, LogOutcomeUnknown when the log cannot tell which.
 
         Dead letters go to their own topic on Kafka (the embedded log keeps them inline)."""
 

@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
 from aiokafka.producer import sender as _aiokafka_sender
 
-from .base import LogRecord, LogUnavailable
+from .base import LogOutcomeUnknown, LogRecord, LogUnavailable
 
 log = logging.getLogger("touchpoint.eventlog.kafka")
 
@@ -168,7 +168,9 @@ class KafkaLogWriter:
     async def _discard_producer(self, slot: int) -> None:
         producer, self._producers[slot] = self._producers[slot], None
         if producer is not None:
-            with contextlib.suppress(BaseException):
+            # Not BaseException: a stop() cancelled mid-discard must end the task, not be swallowed
+            # (the commit loop then waited for work forever, and shutdown with it).
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), 2)
 
     async def _commit_loop(self, slot: int) -> None:
@@ -179,6 +181,7 @@ class KafkaLogWriter:
                 continue
             batch, self._pending = self._pending, []
             self._pending_records = 0
+            committing = False
             try:
                 async with asyncio.timeout(self.timeout_s):
                     producer = await self._ensure_producer(slot)
@@ -188,17 +191,21 @@ class KafkaLogWriter:
                         for topic, key, value in routed:
                             futures.append(await producer.send(topic, value, key=key))
                     await asyncio.gather(*futures)
+                    committing = True
                     await producer.commit_transaction()
             except asyncio.CancelledError:
+                failure = self._failure(committing, "ingest is shutting down")
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(LogUnavailable("ingest is shutting down"))
+                        fut.set_exception(failure)
                 raise
             except Exception as exc:
                 self._last_error = repr(exc)[:300]
                 self._failed_at = time.monotonic()
                 log.warning(
-                    "Kafka transaction failed; answering 503",
+                    "Kafka transaction failed; answering 504 (outcome unknown)"
+                    if committing
+                    else "Kafka transaction failed; answering 503",
                     extra={"error": self._last_error, "transactional_id": self.transactional_ids[slot]},
                 )
                 # Answer first: the requests of this transaction, and those queued behind it, which
@@ -206,16 +213,30 @@ class KafkaLogWriter:
                 # not each transaction's). Queued records were never sent: a 503 loses nothing.
                 queued, self._pending = self._pending, []
                 self._pending_records = 0
-                for _, fut in batch + queued:
+                failure = self._failure(committing, f"Kafka did not commit within {self.timeout_s}s: {exc!r}")
+                for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(LogUnavailable(f"Kafka did not commit within {self.timeout_s}s: {exc!r}"))
-                # A new producer with the same transactional id fences and aborts this one.
+                        fut.set_exception(failure)
+                for _, fut in queued:
+                    if not fut.done():
+                        fut.set_exception(LogUnavailable(f"Kafka unavailable: {exc!r}"))
+                # A new producer with the same transactional id fences this one: the broker aborts
+                # its open transaction, or completes its commit if the EndTxn had reached it.
                 await self._discard_producer(slot)
                 continue
             self._last_error = None
             for _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
+
+    @staticmethod
+    def _failure(committing: bool, why: str) -> Exception:
+        """Before ``commit_transaction`` nothing is stored: the transaction will be aborted (by
+        the fencing producer or the transaction timeout). During it the EndTxn may already be
+        on the broker, which then completes the commit even if it restarts: nobody can tell."""
+        if committing:
+            return LogOutcomeUnknown(f"{why}; the events may be stored")
+        return LogUnavailable(why)
 
 
 class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
