@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import resource
+import signal
 from pathlib import Path
 
-from services.core.eventlog import EmbeddedLog
+import pytest
+
+from services.core.eventlog import EmbeddedLog, LogUnavailable, embedded
 
 
 async def test_append_read_commit_and_resume(tmp_path: Path) -> None:
@@ -46,8 +51,6 @@ async def test_torn_tail_is_cut_on_reopen(tmp_path: Path) -> None:
 
 
 async def test_poll_waits_for_new_appends(tmp_path: Path) -> None:
-    import asyncio
-
     log = EmbeddedLog(tmp_path)
     await log.start()
     reader = log.reader("g")
@@ -89,4 +92,44 @@ async def test_segments_roll_are_read_across_and_deleted_once_committed(tmp_path
     while not rest or rest[-1] != b"after-restart":
         rest += [r.value for r in await reader.poll(100, 0.1)]
     assert rest == values[31:] + [b"after-restart"]
+    await log.stop()
+
+
+async def test_a_failed_write_is_cut_back_so_a_503_stays_unstored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails half way (here the file size limit, as a full disk would) may leave
+    whole frames of requests that are then told 503: they must not come back after a restart.
+    The log cuts the file back to its durable end and takes appends again a moment later."""
+    monkeypatch.setattr(embedded, "RETRY_AFTER_FAILURE_S", 0.05, raising=False)
+    log = EmbeddedLog(tmp_path)
+    await log.start()
+    await log.append([(b"k", b"before")])
+    segment = tmp_path / "events-00000000000000000000.log"
+    size = segment.stat().st_size
+    first, second = [(b"k", b"first" * 100)], [(b"k", b"second" * 100)]
+    # Room for the first request's frame and a little of the second's: a partial write.
+    limit = size + len(embedded._frame(*first[0])) + 10
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        results = await asyncio.gather(log.append(first), log.append(second), return_exceptions=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert all(isinstance(r, LogUnavailable) for r in results), results
+    assert segment.stat().st_size == size  # cut back: nothing of the failed write is left
+    assert "nothing was stored" in str(results[0])
+    assert not log.healthy()
+    await asyncio.sleep(0.1)
+    assert log.healthy()  # tries again by itself
+    await log.append([(b"k", b"after")])
+    await log.stop()
+
+    log = EmbeddedLog(tmp_path)
+    await log.start()
+    reader = log.reader("g")
+    await reader.start()
+    assert [r.value for r in await reader.poll(10, 0.1)] == [b"before", b"after"]
     await log.stop()

@@ -18,15 +18,17 @@ import asyncio
 import contextlib
 import os
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from .base import LogRecord, LogUnavailable
+from .base import LogOutcomeUnknown, LogRecord, LogUnavailable
 
 _HEADER = struct.Struct("<IIH")  # payload length, crc32(payload), key length
 MAX_PENDING_BYTES = 64 << 20  # back-pressure: appends wait beyond this
 SEGMENT_BYTES = 128 << 20  # roll to a new segment file beyond this
+RETRY_AFTER_FAILURE_S = 1.0  # after a failed write that was cut back cleanly, try again after this
 
 
 def _frame(key: bytes, value: bytes) -> bytes:
@@ -75,6 +77,8 @@ class EmbeddedLog:
         self._grown = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._failed_at = 0.0
+        self._unrecoverable = False  # a failed write could not be cut back: restart to reopen the log
 
     @property
     def durable_end(self) -> int:
@@ -119,7 +123,11 @@ class EmbeddedLog:
             self._fd = None
 
     def healthy(self) -> bool:
-        return self._fd is not None and self._failed is None
+        """No failed write, or one a while ago that was cut back cleanly: worth trying again (a
+        full disk may have room now), or /health would keep traffic away for good."""
+        if self._fd is None or self._unrecoverable:
+            return False
+        return self._failed is None or time.monotonic() - self._failed_at >= RETRY_AFTER_FAILURE_S
 
     async def append(
         self, records: Sequence[tuple[bytes, bytes]], dead_letters: Sequence[tuple[bytes, bytes]] = ()
@@ -145,9 +153,22 @@ class EmbeddedLog:
         path = self.segment_path(base)
         path.touch()
         _fsync_dir(self.directory)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # before closing the old one: a failure leaves it usable
         os.close(self._fd)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self._fd = fd
         self._bases.append(base)
+
+    def _cut_back(self) -> bool:
+        """After a failed write: truncate the active segment to the durable end, so what the
+        failed write left there (whole frames of requests about to be told 503, or a torn one)
+        is not read after a restart. False when even that failed: the outcome is unknown."""
+        try:
+            assert self._fd is not None
+            os.ftruncate(self._fd, self._durable_end - self._bases[-1])
+            os.fdatasync(self._fd)
+        except OSError:
+            return False
+        return True
 
     async def _write_loop(self) -> None:
         while True:
@@ -162,11 +183,20 @@ class EmbeddedLog:
                 assert self._fd is not None
                 await asyncio.to_thread(_write_and_sync, self._fd, blob)
             except OSError as exc:
-                self._failed = exc
+                self._failed, self._failed_at = exc, time.monotonic()
+                self._pending_bytes -= len(blob)
+                self._space.set()
+                failure: Exception
+                if await asyncio.to_thread(self._cut_back):
+                    failure = LogUnavailable(f"embedded log write failed, nothing was stored: {exc}")
+                else:
+                    self._unrecoverable = True
+                    failure = LogOutcomeUnknown(f"embedded log write failed and could not be undone: {exc}")
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(LogUnavailable(f"embedded log write failed: {exc}"))
+                        fut.set_exception(failure)
                 continue
+            self._failed = None
             self._durable_end += len(blob)
             self._pending_bytes -= len(blob)
             self._space.set()
