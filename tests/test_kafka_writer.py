@@ -58,8 +58,10 @@ def _client(broker: kafka_broker.Broker, data_dir: Path, topic: str) -> tuple[Te
     return TestClient(build_app([("ingest", ingest)])), projects.items[0].write_keys[0]
 
 
-def _freeze_once(broker: kafka_broker.Broker, monkeypatch: pytest.MonkeyPatch, method: str) -> list[float]:
-    """SIGSTOP the broker the first time the producer calls ``method``; returns when it did."""
+def _post_freezing(
+    client: TestClient, key: str, events: list[dict[str, Any]], broker: kafka_broker.Broker, method: str
+) -> Any:
+    """POST while the broker is SIGSTOPped the first time the producer calls ``method``."""
     original = getattr(AIOKafkaProducer, method)
     frozen: list[float] = []
 
@@ -69,8 +71,22 @@ def _freeze_once(broker: kafka_broker.Broker, monkeypatch: pytest.MonkeyPatch, m
             os.kill(broker.pid, signal.SIGSTOP)
         return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(AIOKafkaProducer, method, freezing)
-    return frozen
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AIOKafkaProducer, method, freezing)
+        try:
+            response = _post(client, key, events)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+    assert frozen, f"the producer never called {method}"
+    return response
+
+
+def _post_until_accepted(client: TestClient, key: str, events: list[dict[str, Any]]) -> None:
+    """Once the broker is back, ingest recovers by itself."""
+    deadline = time.monotonic() + 60
+    while (answer := _post(client, key, events)).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.5)
 
 
 def _post(client: TestClient, key: str, events: list[dict[str, Any]]) -> Any:
@@ -105,7 +121,7 @@ def _committed_event_ids(bootstrap: str, topic: str) -> list[str]:
 
 @pytest.mark.kafka
 def test_a_failure_during_the_commit_answers_504_with_the_ids_to_retry_with(
-    broker: kafka_broker.Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: kafka_broker.Broker, tmp_path: Path
 ) -> None:
     topic = f"test.commit.{uuid.uuid4().hex[:8]}"
     client, key = _client(broker, tmp_path, topic)
@@ -114,12 +130,7 @@ def test_a_failure_during_the_commit_answers_504_with_the_ids_to_retry_with(
         {"type": "page", "anonymous_id": "dev-1"},
     ]
     with client:
-        frozen = _freeze_once(broker, monkeypatch, "commit_transaction")
-        try:
-            first = _post(client, key, events + [{"type": 7}])
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        assert frozen, "the commit was never asked for"
+        first = _post_freezing(client, key, events + [{"type": 7}], broker, "commit_transaction")
         assert first.status_code == 504, first.text
         assert int(first.headers["Retry-After"]) > 0
         body = first.json()
@@ -128,11 +139,9 @@ def test_a_failure_during_the_commit_answers_504_with_the_ids_to_retry_with(
         assigned = body["event_ids"][1]
         assert isinstance(assigned, str) and assigned
         # The retry the answer asks for: the same events with the ids it listed.
-        retry = [dict(e, event_id=i) for e, i in zip(events, body["event_ids"], strict=False)]
-        deadline = time.monotonic() + 60
-        while (again := _post(client, key, retry)).status_code != 200:
-            assert time.monotonic() < deadline, again.text
-            time.sleep(0.5)
+        _post_until_accepted(
+            client, key, [dict(e, event_id=i) for e, i in zip(events, body["event_ids"], strict=False)]
+        )
     ids = _committed_event_ids(broker.bootstrap, topic)
     # Whether the first attempt was committed is the broker's to decide: once or twice in the
     # log, never lost; the sessionizer stores an event id once. (Here the broker completed the
@@ -143,26 +152,18 @@ def test_a_failure_during_the_commit_answers_504_with_the_ids_to_retry_with(
 
 @pytest.mark.kafka
 def test_a_failure_before_the_commit_answers_503_and_stores_nothing(
-    broker: kafka_broker.Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker: kafka_broker.Broker, tmp_path: Path
 ) -> None:
     topic = f"test.send.{uuid.uuid4().hex[:8]}"
     client, key = _client(broker, tmp_path, topic)
     with client:
         # Warm up: the producer's partition metadata is known before the broker is frozen.
         assert _post(client, key, [{"type": "page", "anonymous_id": "dev-0", "event_id": "warm"}]).status_code == 200
-        frozen = _freeze_once(broker, monkeypatch, "send")
-        try:
-            first = _post(client, key, [{"type": "page", "anonymous_id": "dev-1", "event_id": "refused-1"}])
-        finally:
-            os.kill(broker.pid, signal.SIGCONT)
-        assert frozen
+        first = _post_freezing(
+            client, key, [{"type": "page", "anonymous_id": "dev-1", "event_id": "refused-1"}], broker, "send"
+        )
         assert first.status_code == 503, first.text
         assert "nothing was stored" in first.json()["error"]
-        deadline = time.monotonic() + 60
-        while (
-            later := _post(client, key, [{"type": "page", "anonymous_id": "dev-2", "event_id": "later"}])
-        ).status_code != 200:
-            assert time.monotonic() < deadline, later.text
-            time.sleep(0.5)
+        _post_until_accepted(client, key, [{"type": "page", "anonymous_id": "dev-2", "event_id": "later"}])
     # The refused transaction was aborted (fenced by the next producer): never visible.
     assert sorted(_committed_event_ids(broker.bootstrap, topic)) == ["later", "warm"]
