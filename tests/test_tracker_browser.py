@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
 from services.testing.kafka_broker import free_port
@@ -61,37 +63,42 @@ def serve_page(html: str) -> tuple[str, http.server.ThreadingHTTPServer]:
     return f"http://127.0.0.1:{port}/search", server
 
 
-def test_tracker_in_headless_chromium(up: Proc, tmp_path: Path) -> None:
+def run_chromium(url: str, profile: Path, budget_ms: int = 6000) -> str:
     if CHROMIUM is None:
         if IN_CI:
             pytest.fail("CI=true and chromium is missing: `make test` installs it with apt-get")
         pytest.skip("chromium not installed (Debian: apt-get install chromium)")
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return out.stdout + out.stderr
+
+
+def test_tracker_in_headless_chromium(up: Proc, tmp_path: Path) -> None:
     url, server = serve_page(PAGE.format(collector=up.url, write_key=WRITE_KEY))
     try:
-        out = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-quic",
-                f"--user-data-dir={tmp_path / 'profile'}",
-                "--virtual-time-budget=6000",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = run_chromium(url, tmp_path / "profile")
     finally:
         server.shutdown()
-    match = re.search(r'data-aid="([0-9a-f-]{36})"', out.stdout)
-    assert match, f"the page did not run the tracker:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    match = re.search(r'data-aid="([0-9a-f-]{36})"', out)
+    assert match, f"the page did not run the tracker:\n{out[-4000:]}"
     anonymous_id = match.group(1)
 
     def complete() -> dict[str, Any] | None:
@@ -117,3 +124,73 @@ def test_tracker_in_headless_chromium(up: Proc, tmp_path: Path) -> None:
     session = journey["sessions"][0]
     assert session["browser"].startswith("Chrome") or session["browser"] == "HeadlessChrome"
     journey_with(up, anonymous_id, {page["event_id"]})  # the device id names the same person
+
+
+RETRY_PAGE = """<!doctype html><html><head><title>Retry</title>
+<script src="{collector}/v1/tracker.js" data-write-key="{write_key}" data-auto-page="false" defer></script></head>
+<body><script>
+window.addEventListener("load", function () {{
+  touchpoint.track("Order Completed", {{order: "o-1"}});
+  touchpoint.flush();
+  document.body.setAttribute("data-aid", localStorage.getItem("tp_aid"));
+}});
+</script></body></html>"""
+
+
+def relay_failing_first(target: str) -> tuple[str, http.server.ThreadingHTTPServer, list[list[str]]]:
+    """Forwards to ``target``, but answers the first ``POST /v1/batch`` with ingest's 504 (the
+    log could not tell whether it stored them). Returns its URL and the event ids of each POST."""
+    posts: list[list[str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            r = httpx.get(f"{target}{self.path}", timeout=30)
+            self._answer(r.status_code, {"Content-Type": r.headers["content-type"]}, r.content)
+
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            ids = [e["event_id"] for e in orjson.loads(body)["events"]]
+            posts.append(ids)
+            cors = {"Access-Control-Allow-Origin": self.headers.get("Origin", "*")}
+            if len(posts) == 1:
+                answer = {"error": "event log did not confirm in time; the events may be stored", "event_ids": ids}
+                self._answer(
+                    504, {**cors, "Retry-After": "1", "Content-Type": "application/json"}, orjson.dumps(answer)
+                )
+                return
+            r = httpx.post(f"{target}{self.path}", content=body, headers={"Content-Type": "text/plain"}, timeout=30)
+            self._answer(r.status_code, cors, r.content)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{port}", server, posts
+
+
+def test_tracker_sends_a_batch_again_after_a_504_and_it_is_stored_once(up: Proc, tmp_path: Path) -> None:
+    collector, relay, posts = relay_failing_first(up.url)
+    url, server = serve_page(RETRY_PAGE.format(collector=collector, write_key=WRITE_KEY))
+    try:
+        out = run_chromium(url, tmp_path / "profile")
+    finally:
+        server.shutdown()
+        relay.shutdown()
+    match = re.search(r'data-aid="([0-9a-f-]{36})"', out)
+    assert match, f"the page did not run the tracker:\n{out[-3000:]}"
+    assert len(posts) >= 2, f"the tracker did not send the batch again after the 504: {posts}"
+    assert posts[1] == posts[0], "the retry must carry the same events with the same event ids"
+    (event_id,) = posts[0]
+    journey = journey_with(up, match.group(1), {event_id})
+    stored = [e for s in journey["sessions"] for e in s["events"] if e["event_id"] == event_id]
+    assert len(stored) == 1 and stored[0]["name"] == "Order Completed"

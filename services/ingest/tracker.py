@@ -4,8 +4,10 @@
     touchpoint.track("Product Added", {sku: "A1"}); touchpoint.identify("user-42", {plan: "gold"})
 
 It sends page views (with navigation timing, LCP, INP and CLS), actions and
-JavaScript errors as batches through ``navigator.sendBeacon`` (``text/plain``, no
-preflight) with a fetch fallback. The anonymous id lives in the site's own
+JavaScript errors as batches with ``fetch`` (``text/plain``, no preflight), and sends
+a batch again with the same event ids on 429, 503, 504 or a lost answer, so it is
+stored once whatever the first attempt did; when the page is being left it uses
+``navigator.sendBeacon``, which outlives the page but cannot read the answer. The anonymous id lives in the site's own
 localStorage (a first-party cookie when storage is blocked).
 """
 
@@ -59,14 +61,30 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     queue.push(e);
     if (queue.length >= 20) flush();
   }
-  function flush() {
-    if (!queue.length || !cfg.writeKey) return;
-    var body = JSON.stringify({sent_at: new Date().toISOString(), events: queue.splice(0, 50)});
+  var attempts = 0;
+  function post(batch, unloading) {
+    var body = JSON.stringify({sent_at: new Date().toISOString(), events: batch});
     var url = cfg.host + "/v1/batch?beacon=1&write_key=" + encodeURIComponent(cfg.writeKey);
-    if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
-      fetch(url, {method: "POST", body: body, keepalive: true, headers: {"Content-Type": "text/plain"}});
-    }
-    if (queue.length) flush();
+    // Leaving the page: a beacon outlives it, though its answer cannot be read.
+    if ((unloading || !w.fetch) && navigator.sendBeacon && navigator.sendBeacon(url, body)) return;
+    if (!w.fetch) return;
+    fetch(url, {method: "POST", body: body, keepalive: body.length < 60000, headers: {"Content-Type": "text/plain"}})
+      .then(function (r) {
+        if (r.status === 429 || r.status === 503 || r.status === 504) retry(batch); else attempts = 0;
+      }, function () { retry(batch); });
+  }
+  // 503: nothing was stored; 504 or a lost answer: maybe it was. Either way the same events, with
+  // the same event_id, go again and are stored once. Backoff 1, 2, 4 ... 30 s; a batch is given up
+  // after 6 tries (a collector that never answers this origin's CORS must not be hammered).
+  function retry(batch) {
+    if (++attempts > 6) { attempts = 0; return; }
+    queue = batch.concat(queue);
+    setTimeout(flush, Math.min(1000 * Math.pow(2, attempts - 1), 30000));
+  }
+  function flush(unloading) {
+    if (!queue.length || !cfg.writeKey) return;
+    post(queue.splice(0, 50), unloading === true);
+    if (queue.length) flush(unloading);
   }
   function timing() {
     var nav = (performance.getEntriesByType && performance.getEntriesByType("navigation")[0]) || {};
@@ -96,7 +114,7 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   var sentVitals = false;
   function pageEnd() {
     if (!sentVitals) { sentVitals = true; push("track", "Page Timing", {path: location.pathname}, {timing: timing()}); }
-    flush();
+    flush(true);
   }
   d.addEventListener("visibilitychange", function () { if (d.visibilityState === "hidden") pageEnd(); });
   w.addEventListener("pagehide", pageEnd);
