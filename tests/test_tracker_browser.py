@@ -137,9 +137,11 @@ window.addEventListener("load", function () {{
 </script></body></html>"""
 
 
-def relay_failing_first(target: str) -> tuple[str, http.server.ThreadingHTTPServer, list[list[str]]]:
-    """Forwards to ``target``, but answers the first ``POST /v1/batch`` with ingest's 504 (the
-    log could not tell whether it stored them). Returns its URL and the event ids of each POST."""
+def relay_failing_first(
+    target: str, failures: float = 1
+) -> tuple[str, http.server.ThreadingHTTPServer, list[list[str]]]:
+    """Forwards to ``target``, but answers the first ``failures`` ``POST /v1/batch`` with ingest's
+    504 (the log could not tell whether it stored them). Returns its URL and each POST's event ids."""
     posts: list[list[str]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -160,7 +162,7 @@ def relay_failing_first(target: str) -> tuple[str, http.server.ThreadingHTTPServ
             ids = [e["event_id"] for e in orjson.loads(body)["events"]]
             posts.append(ids)
             cors = {"Access-Control-Allow-Origin": self.headers.get("Origin", "*")}
-            if len(posts) == 1:
+            if len(posts) <= failures:
                 answer = {"error": "event log did not confirm in time; the events may be stored", "event_ids": ids}
                 self._answer(
                     504, {**cors, "Retry-After": "1", "Content-Type": "application/json"}, orjson.dumps(answer)
@@ -194,3 +196,16 @@ def test_tracker_sends_a_batch_again_after_a_504_and_it_is_stored_once(up: Proc,
     journey = journey_with(up, match.group(1), {event_id})
     stored = [e for s in journey["sessions"] for e in s["events"] if e["event_id"] == event_id]
     assert len(stored) == 1 and stored[0]["name"] == "Order Completed"
+
+
+def test_tracker_gives_a_batch_up_after_six_retries(up: Proc, tmp_path: Path) -> None:
+    """A collector that keeps failing is not hammered: 1 + 6 tries, 1 to 30 s apart."""
+    collector, relay, posts = relay_failing_first(up.url, failures=float("inf"))
+    url, server = serve_page(RETRY_PAGE.format(collector=collector, write_key=WRITE_KEY))
+    try:
+        run_chromium(url, tmp_path / "profile", budget_ms=180_000)
+    finally:
+        server.shutdown()
+        relay.shutdown()
+    order = [p for p in posts if p == posts[0]]
+    assert len(order) == 7, f"{len(order)} tries of the same batch"

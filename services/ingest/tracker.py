@@ -61,8 +61,8 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     queue.push(e);
     if (queue.length >= 20) flush();
   }
-  var attempts = 0;
-  function post(batch, unloading) {
+  var retrying = [];  // batches waiting to be sent again
+  function post(batch, unloading, tries) {
     var body = JSON.stringify({sent_at: new Date().toISOString(), events: batch});
     var url = cfg.host + "/v1/batch?beacon=1&write_key=" + encodeURIComponent(cfg.writeKey);
     // Leaving the page: a beacon outlives it, though its answer cannot be read.
@@ -70,21 +70,28 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     if (!w.fetch) return;
     fetch(url, {method: "POST", body: body, keepalive: body.length < 60000, headers: {"Content-Type": "text/plain"}})
       .then(function (r) {
-        if (r.status === 429 || r.status === 503 || r.status === 504) retry(batch); else attempts = 0;
-      }, function () { retry(batch); });
+        if (r.status === 429 || r.status === 503 || r.status === 504) retry(batch, tries);
+      }, function () { retry(batch, tries); });
   }
   // 503: nothing was stored; 504 or a lost answer: maybe it was. Either way the same events, with
-  // the same event_id, go again and are stored once. Backoff 1, 2, 4 ... 30 s; a batch is given up
-  // after 6 tries (a collector that never answers this origin's CORS must not be hammered).
-  function retry(batch) {
-    if (++attempts > 6) { attempts = 0; return; }
-    queue = batch.concat(queue);
-    setTimeout(flush, Math.min(1000 * Math.pow(2, attempts - 1), 30000));
+  // the same event_id, go again and are stored once. Each batch waits 1, 2, 4 ... 30 s between
+  // tries and is given up after 6 retries (a collector that never answers this origin's CORS must
+  // not be hammered; it stored the events on the first try then anyway).
+  function retry(batch, tries) {
+    if (tries >= 6) return;
+    retrying.push(batch);
+    setTimeout(function () {
+      var i = retrying.indexOf(batch);
+      if (i < 0) return;  // already sent by a beacon when the page was left
+      retrying.splice(i, 1);
+      post(batch, false, tries + 1);
+    }, Math.min(1000 * Math.pow(2, tries), 30000));
   }
   function flush(unloading) {
-    if (!queue.length || !cfg.writeKey) return;
-    post(queue.splice(0, 50), unloading === true);
-    if (queue.length) flush(unloading);
+    if (!cfg.writeKey) return;
+    var leaving = unloading === true;
+    while (leaving && retrying.length) post(retrying.shift(), true, 6);
+    while (queue.length) post(queue.splice(0, 50), leaving, 0);
   }
   function timing() {
     var nav = (performance.getEntriesByType && performance.getEntriesByType("navigation")[0]) || {};
