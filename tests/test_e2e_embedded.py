@@ -21,6 +21,7 @@ from tests.harness import (
     event_ids,
     journey_with,
     new_proc,
+    sessions_of,
     wait_for,
 )
 
@@ -322,6 +323,30 @@ def test_shared_device_switches_user_without_merging_and_is_reported(up: Proc) -
 
     found = wait_for(conflict, 30, "the shared device to be reported")
     assert [u["user_id"] for u in found["users"]] == [alice, bob]  # the placeholder never linked
+
+
+def test_another_user_logging_in_mid_session_starts_a_session_of_their_own(up: Proc) -> None:
+    """Bob logs in on Alice's browser six minutes into her session: the stored sessions and the
+    journeys give each person only their own activity, with the same session ids."""
+    device, alice, bob = uid("kiosk"), uid("alice"), uid("bob")
+    events = [
+        {"event_id": uid("e"), "type": "page", "name": "Home", "anonymous_id": device, "timestamp": ago(30)},
+        {"event_id": uid("e"), "type": "identify", "anonymous_id": device, "user_id": alice, "timestamp": ago(29)},
+        {"event_id": uid("e"), "type": "page", "name": "Cart", "anonymous_id": device, "timestamp": ago(28)},
+        {"event_id": uid("e"), "type": "identify", "anonymous_id": device, "user_id": bob, "timestamp": ago(24)},
+        {"event_id": uid("e"), "type": "page", "name": "Deals", "anonymous_id": device, "timestamp": ago(23)},
+    ]
+    # In two requests, Bob's in order after Alice's: the sessionizer extends, then splits.
+    assert up.post_batch(events[:3]).status_code == 200
+    sessions_of(up, device, lambda s: len(s) == 1 and s[0]["event_count"] == 3)
+    assert up.post_batch(events[3:]).status_code == 200
+    stored = sessions_of(up, device, lambda s: [x["event_count"] for x in s] == [3, 2])
+    assert [x["person_id"] for x in stored] == [alice, bob]
+    assert [x["user_id"] for x in stored] == [alice, bob]
+    ids = [e["event_id"] for e in events]
+    bob_journey = journey_with(up, bob, set(ids[3:]))
+    assert [[e["event_id"] for e in s["events"]] for s in bob_journey["sessions"]] == [ids[3:]]
+    assert [s["session_id"] for s in bob_journey["sessions"]] == [stored[1]["session_id"]]
 
 
 def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.core.identity import Link, device_owner, events_of_person, is_placeholder, links_in, person_of
-from services.core.sessions import sessionize
+from services.core.sessions import sessionize, summarize
 
 MIN = 60_000
 
@@ -135,3 +135,35 @@ def test_seen_ids_hold_exactly_what_was_added(added: list[str], others: list[str
     assert all(event_id in seen for event_id in added)
     assert not any(other in seen for other in others if other not in added)
     assert 1 not in seen
+
+
+def test_a_shared_device_starts_a_new_session_when_another_user_logs_in() -> None:
+    """One session never holds two people: Bob logging in on Alice's browser ten minutes into
+    her session starts his own; a placeholder user id or an event without one splits nothing."""
+    events = [
+        ev("a0", 0, "shared"),
+        ev("a1", 1 * MIN, "shared", "alice"),
+        ev("a2", 2 * MIN, "shared", "undefined"),
+        ev("a3", 3 * MIN, "shared"),
+        ev("b1", 10 * MIN, "shared", "bob"),
+        ev("b2", 11 * MIN, "shared"),
+        ev("b3", 12 * MIN, "shared", "bob"),
+        ev("c1", 13 * MIN, "shared", "alice"),  # and back: a third session
+    ]
+    sessions = sessionize(events, 30 * MIN)
+    assert [[e["event_id"] for e in s.events] for s in sessions] == [
+        ["a0", "a1", "a2", "a3"],
+        ["b1", "b2", "b3"],
+        ["c1"],
+    ]
+    summaries = summarize(reversed(events), 30 * MIN)
+    assert [(s.session_id, s.user_id) for s in summaries] == [
+        (sessions[0].session_id, "alice"),
+        (sessions[1].session_id, "bob"),
+        (sessions[2].session_id, "alice"),
+    ]
+    # Bob's login arriving late, inside Alice's session as it was, splits it: not held inside.
+    alice_only = summarize([e for e in events if e["event_id"].startswith("a")], 30 * MIN)[0]
+    assert not alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "bob"))
+    assert alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "alice"))
+    assert alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "null"))

@@ -1,7 +1,8 @@
 """Sessionization as pure functions: one device's activity, closed by inactivity.
 
 A session is one device's events in time order; a gap longer than the project's
-timeout, or a new campaign (UTM source, medium, name), starts the next one. The
+timeout, a new campaign (UTM source, medium, name), or a user id other than the
+session's (a shared device where someone else logs in) starts the next one. The
 session id is derived from the device and its first event, so every mode and
 every re-run computes the same id.
 
@@ -53,13 +54,26 @@ def campaign_of(event: Mapping[str, Any]) -> tuple[str, str, str]:
     )
 
 
+def identified_user(event: Mapping[str, Any]) -> str:
+    """The event's user id, or "" when it has none or a placeholder (``undefined``, ``0`` ...)."""
+    user_id = str(event.get("user_id") or "")
+    return "" if not user_id or is_placeholder(user_id) else user_id
+
+
 def starts_new_session(
-    ended_at: int, first_campaign: tuple[str, str, str], event: Mapping[str, Any], timeout_ms: int
+    ended_at: int, first_campaign: tuple[str, str, str], user_id: str, event: Mapping[str, Any], timeout_ms: int
 ) -> bool:
     """The rule: the next event of a device starts a new session after a gap longer than the
-    timeout, or when it carries a campaign other than the session's first event's."""
+    timeout, when it carries a campaign other than the session's first event's, or when it
+    names a user other than the one the session already has (``user_id``, "" for none): one
+    session never holds two people, so a shared device's sessions each belong to one of them."""
+    if int(event["timestamp"]) - ended_at > timeout_ms:
+        return True
     campaign = campaign_of(event)
-    return int(event["timestamp"]) - ended_at > timeout_ms or (any(campaign) and campaign != first_campaign)
+    if any(campaign) and campaign != first_campaign:
+        return True
+    user = identified_user(event)
+    return bool(user and user_id and user != user_id)
 
 
 def session_id(project: str, device: str, first_event_id: str) -> str:
@@ -84,9 +98,13 @@ def sessionize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[Ses
     for device, device_events in by_device.items():
         device_events.sort(key=lambda e: (int(e["timestamp"]), str(e["event_id"])))
         current: Session | None = None
+        user = ""  # the current session's user, once an event names one
         for event in device_events:
             ts = int(event["timestamp"])
-            if current is None or starts_new_session(current.ended_at, campaign_of(current.first), event, timeout_ms):
+            if current is None or starts_new_session(
+                current.ended_at, campaign_of(current.first), user, event, timeout_ms
+            ):
+                user = ""
                 current = Session(
                     session_id=session_id(str(event.get("project", "")), device, str(event["event_id"])),
                     device=device,
@@ -97,6 +115,7 @@ def sessionize(events: Iterable[Mapping[str, Any]], timeout_ms: int) -> list[Ses
                 sessions.append(current)
             current.events.append(event)
             current.ended_at = ts
+            user = user or identified_user(event)
     sessions.sort(key=lambda s: (s.started_at, s.session_id))
     return sessions
 
@@ -261,13 +280,19 @@ class SessionSummary:
 
     def continues_with(self, event: Mapping[str, Any], timeout_ms: int) -> bool:
         """Whether ``event``, later than every event so far, belongs to this session."""
-        return not starts_new_session(self.ended_at, self.first_campaign, event, timeout_ms)
+        return not starts_new_session(self.ended_at, self.first_campaign, self.user_id, event, timeout_ms)
 
     def holds_inside(self, event: Mapping[str, Any]) -> bool:
         """Whether ``event``, earlier than the newest so far, falls inside this session without
-        changing its bounds: after its first event, and no campaign of its own (which would split it)."""
+        changing its bounds: after its first event, and no campaign or user of its own (either
+        would split it)."""
         campaign = campaign_of(event)
-        return event_key(event) > self.first_key and (not any(campaign) or campaign == self.first_campaign)
+        user = identified_user(event)
+        return (
+            event_key(event) > self.first_key
+            and (not any(campaign) or campaign == self.first_campaign)
+            and (not user or not self.user_id or user == self.user_id)
+        )
 
     def add(self, event: Mapping[str, Any]) -> None:
         """Fold in an event that belongs to this session (``continues_with`` or ``holds_inside``)."""
@@ -275,8 +300,8 @@ class SessionSummary:
         self.ended_at = max(self.ended_at, key[0])
         self.last_key = max(self.last_key, key)
         self.events += 1
-        user_id = str(event.get("user_id") or "")
-        if user_id and not is_placeholder(user_id) and (not self.user_id or key < self.user_key):
+        user_id = identified_user(event)
+        if user_id and (not self.user_id or key < self.user_key):
             self.user_id, self.user_key = user_id, key
         if event.get("type") == "page":
             self.pageviews += 1
