@@ -44,10 +44,12 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc.stop()
 
 
-def serve_page(html: str) -> tuple[str, http.server.ThreadingHTTPServer]:
+def serve_page(html: str, later: str = "") -> tuple[str, http.server.ThreadingHTTPServer]:
+    """The site: ``html`` at ``/search``, and ``later`` at ``/later`` (same origin, same storage)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
-            body = html.encode()
+            body = (later if self.path == "/later" else html).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
@@ -209,3 +211,38 @@ def test_tracker_gives_a_batch_up_after_six_retries(up: Proc, tmp_path: Path) ->
         relay.shutdown()
     order = [p for p in posts if p == posts[0]]
     assert len(order) == 7, f"{len(order)} tries of the same batch"
+
+
+QUIET_PAGE = """<!doctype html><html><head><title>Later</title>
+<script src="{collector}/v1/tracker.js" data-write-key="{write_key}" data-auto-page="false" defer></script></head>
+<body><script>
+window.addEventListener("load", function () {{
+  document.body.setAttribute("data-aid", localStorage.getItem("tp_aid"));
+}});
+</script></body></html>"""
+
+
+def test_events_not_confirmed_are_sent_by_the_next_page(up: Proc, tmp_path: Path) -> None:
+    """The collector fails for the whole first visit (every try answered 504): the events stay in
+    the site's localStorage, and the next page of the site, even one that tracks nothing, sends
+    them. They are stored once."""
+    failing, relay, posts = relay_failing_first(up.url, failures=float("inf"))
+    quiet = QUIET_PAGE.format(collector=up.url, write_key=WRITE_KEY)
+    url, server = serve_page(RETRY_PAGE.format(collector=failing, write_key=WRITE_KEY), later=quiet)
+    profile = tmp_path / "profile"
+    try:
+        try:
+            first = run_chromium(url, profile, budget_ms=4000)
+        finally:
+            relay.shutdown()
+        match = re.search(r'data-aid="([0-9a-f-]{36})"', first)
+        assert match, f"the page did not run the tracker:\n{first[-3000:]}"
+        assert posts, "the first visit sent nothing"
+        (event_id,) = posts[0]
+        second = run_chromium(url.replace("/search", "/later"), profile)
+    finally:
+        server.shutdown()
+    assert f'data-aid="{match.group(1)}"' in second, "the second visit is not the same browser"
+    journey = journey_with(up, match.group(1), {event_id})
+    stored = [e for s in journey["sessions"] for e in s["events"] if e["event_id"] == event_id]
+    assert len(stored) == 1 and stored[0]["name"] == "Order Completed"

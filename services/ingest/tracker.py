@@ -7,7 +7,9 @@ It sends page views (with navigation timing, LCP, INP and CLS), actions and
 JavaScript errors as batches with ``fetch`` (``text/plain``, no preflight), and sends
 a batch again with the same event ids on 429, 503, 504 or a lost answer, so it is
 stored once whatever the first attempt did; when the page is being left it uses
-``navigator.sendBeacon``, which outlives the page but cannot read the answer. The anonymous id lives in the site's own
+``navigator.sendBeacon``, which outlives the page but cannot read the answer. Events
+not yet confirmed are kept in localStorage (at most 500) and sent again by the next
+page of the site, so a reload, a closed tab or an offline spell loses none. The anonymous id lives in the site's own
 localStorage (a first-party cookie when storage is blocked).
 """
 
@@ -62,23 +64,48 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     if (queue.length >= 20) flush();
   }
   var retrying = [];  // batches waiting to be sent again
+  // Events not yet confirmed are kept in the site's localStorage, so a reload, a closed tab or a
+  // crash while offline loses none: the next page of the site sends them again (stored once: the
+  // same event_id). Another tab may send a batch still in flight here; that too is stored once.
+  var KEPT = "tp_unsent", MAX_KEPT = 500;
+  function kept() {
+    try { return JSON.parse(localStorage.getItem(KEPT) || "[]"); } catch (e) { return []; }
+  }
+  function keep(add, drop) {
+    try {
+      var gone = {}, i, all;
+      for (i = 0; i < add.length; i++) gone[add[i].event_id] = 1;
+      for (i = 0; i < drop.length; i++) gone[drop[i].event_id] = 1;
+      all = kept().filter(function (e) { return !gone[e.event_id]; }).concat(add).slice(-MAX_KEPT);
+      if (all.length) localStorage.setItem(KEPT, JSON.stringify(all)); else localStorage.removeItem(KEPT);
+    } catch (e) {}
+  }
   function post(batch, unloading, tries) {
     var body = JSON.stringify({sent_at: new Date().toISOString(), events: batch});
     var url = cfg.host + "/v1/batch?beacon=1&write_key=" + encodeURIComponent(cfg.writeKey);
-    // Leaving the page: a beacon outlives it, though its answer cannot be read.
-    if ((unloading || !w.fetch) && navigator.sendBeacon && navigator.sendBeacon(url, body)) return;
+    keep(batch, []);
+    // Leaving the page: a beacon outlives it, though its answer cannot be read. Queued by the
+    // browser, a first try counts as delivered; a batch that already failed stays kept.
+    if ((unloading || !w.fetch) && navigator.sendBeacon && navigator.sendBeacon(url, body)) {
+      if (!tries) keep([], batch);
+      return;
+    }
     if (!w.fetch) return;
     fetch(url, {method: "POST", body: body, keepalive: body.length < 60000, headers: {"Content-Type": "text/plain"}})
       .then(function (r) {
-        if (r.status === 429 || r.status === 503 || r.status === 504) retry(batch, tries);
+        if (r.status === 429 || r.status === 503 || r.status === 504) retry(batch, tries); else keep([], batch);
       }, function () { retry(batch, tries); });
   }
   // 503: nothing was stored; 504 or a lost answer: maybe it was. Either way the same events, with
   // the same event_id, go again and are stored once. Each batch waits 1, 2, 4 ... 30 s between
-  // tries and is given up after 6 retries (a collector that never answers this origin's CORS must
-  // not be hammered; it stored the events on the first try then anyway).
+  // tries and is given up after 6 retries: kept for the next page when the browser is offline,
+  // dropped otherwise (a collector that never answers this origin's CORS must not be hammered;
+  // it stored the events on the first try then anyway).
   function retry(batch, tries) {
-    if (tries >= 6) return;
+    if (tries >= 6) {
+      if (navigator.onLine !== false) keep([], batch);
+      return;
+    }
     retrying.push(batch);
     setTimeout(function () {
       var i = retrying.indexOf(batch);
@@ -126,6 +153,8 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   d.addEventListener("visibilitychange", function () { if (d.visibilityState === "hidden") pageEnd(); });
   w.addEventListener("pagehide", pageEnd);
   setInterval(flush, cfg.flushMs);
+  var unsent = kept();  // left by an earlier page: sent first
+  if (unsent.length) { queue = unsent.concat(queue); setTimeout(flush, 0); }
   var api = {
     __loaded: true,
     init: function (options) { for (var k in options) cfg[k] = options[k]; return api; },
