@@ -9,8 +9,9 @@ a batch again with the same event ids on 429, 503, 504 or a lost answer, so it i
 stored once whatever the first attempt did; when the page is being left it uses
 ``navigator.sendBeacon``, which outlives the page but cannot read the answer. Events
 not yet confirmed are kept in localStorage (at most 500) and sent again by the next
-page of the site, so a reload, a closed tab or an offline spell loses none. The anonymous id lives in the site's own
-localStorage (a first-party cookie when storage is blocked).
+page of the site, so a reload, a closed tab or an offline spell loses none. The
+anonymous id lives in the site's own localStorage (a first-party cookie when storage
+is blocked).
 """
 
 from __future__ import annotations
