@@ -83,10 +83,16 @@ def device_owner(links: Sequence[Link], ts: int) -> str | None:
     return owner
 
 
+def identified_user(event: Mapping[str, Any]) -> str:
+    """The event's user id, or "" when it has none or a placeholder (``undefined``, ``0`` ...)."""
+    user_id = str(event.get("user_id") or "")
+    return "" if not user_id or is_placeholder(user_id) else user_id
+
+
 def owner_of(event: Mapping[str, Any], links_by_device: Mapping[str, Sequence[Link]]) -> str:
     """The person an event belongs to: its user id, its device's owner, or the device."""
-    user_id = event.get("user_id") or ""
-    if user_id and not is_placeholder(user_id):
+    user_id = identified_user(event)
+    if user_id:
         return user_id
     anonymous_id = event.get("anonymous_id") or ""
     owner = device_owner(links_by_device.get(anonymous_id, ()), int(event["timestamp"]))

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from services.core.identity import Link, device_owner, is_placeholder
+from services.core.identity import Link, device_owner, identified_user
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-3c1b-4a8e-9d0a-7a6b1e2f4c3d")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -52,12 +52,6 @@ def campaign_of(event: Mapping[str, Any]) -> tuple[str, str, str]:
         str(event.get("campaign_medium") or ""),
         str(event.get("campaign_name") or ""),
     )
-
-
-def identified_user(event: Mapping[str, Any]) -> str:
-    """The event's user id, or "" when it has none or a placeholder (``undefined``, ``0`` ...)."""
-    user_id = str(event.get("user_id") or "")
-    return "" if not user_id or is_placeholder(user_id) else user_id
 
 
 def starts_new_session(

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge
 
-from services.core.identity import Link, is_placeholder
+from services.core.identity import Link, identified_user
 from services.core.schema import SESSION_COLUMNS
 from services.core.sessions import (
     SESSION_EVENT_FIELDS,
@@ -146,8 +146,8 @@ class OpenSessions:
         if len(set(ids)) < len(ids) or any(i in state.newest.seen for i in ids):
             return False  # a resent event (or a hash collision): the stored events say which copy counts
         for event in events:
-            user_id = str(event.get("user_id") or "")
-            if event.get("anonymous_id") and user_id and not is_placeholder(user_id):
+            user_id = identified_user(event)
+            if event.get("anonymous_id") and user_id:
                 first = state.links.get(user_id)
                 if first is None or int(event["timestamp"]) < first:
                     return False  # a new link may change whose earlier sessions were
