@@ -348,8 +348,8 @@ def clickhouse_reference(records: list[dict[str, Any]], workdir: Path, batch: in
     for a in anon:
         t = time.perf_counter()
         wh.rows(
-            "SELECT * FROM events WHERE project = {p:String} AND anonymous_id = {a:String} "
-            "ORDER BY timestamp LIMIT 1 BY event_id",
+            "SELECT * FROM (SELECT * FROM events WHERE project = {p:String} AND anonymous_id = {a:String} "
+            "ORDER BY inserted_at DESC LIMIT 1 BY event_id) ORDER BY timestamp",
             {"p": "shop", "a": a},
         )
         times.append(time.perf_counter() - t)

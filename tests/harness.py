@@ -202,11 +202,13 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-def journey_with(proc: Proc, identifier: str, expected_ids: set[str], timeout: float = 30.0) -> dict[str, Any]:
-    """Wait until the journey holds every expected event id; return it."""
+def journey_with(
+    proc: Proc, identifier: str, expected_ids: set[str], timeout: float = 30.0, since: str | None = None
+) -> dict[str, Any]:
+    """Wait until the journey (from ``since``, when given) holds every expected event id; return it."""
 
     def check() -> dict[str, Any] | None:
-        r = proc.journey(identifier)
+        r = proc.journey(identifier, **({"from": since} if since else {}))
         if r.status_code != 200:
             return None
         body: dict[str, Any] = r.json()

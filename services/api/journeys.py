@@ -66,12 +66,17 @@ def load_journey(
     else:
         devices, links = [identifier], []
     rows = warehouse.rows(
-        f"SELECT {_EVENT_FIELDS} FROM events "
+        # Of an event's resent copies the one written last counts, as `FINAL` picks it for every
+        # other reader (copies may differ in time, even by month). Dedup before the time range, so a
+        # superseded copy inside it cannot stand in for the kept one outside; as fast as the
+        # earlier `LIMIT 1 BY event_id` by time, where `FINAL` took twice as long on a device.
+        f"SELECT * FROM (SELECT {_EVENT_FIELDS} FROM events "
         "WHERE project = {project:String} "
         "AND ((user_id = {person:String} AND user_id != '') OR anonymous_id IN {devices:Array(String)}) "
-        "AND timestamp >= fromUnixTimestamp64Milli({start:Int64}) "
+        "ORDER BY inserted_at DESC LIMIT 1 BY anonymous_id, event_id) "
+        "WHERE timestamp >= fromUnixTimestamp64Milli({start:Int64}) "
         "AND timestamp < fromUnixTimestamp64Milli({end:Int64}) "
-        "ORDER BY timestamp, event_id LIMIT 1 BY event_id LIMIT {limit:UInt32}",
+        "ORDER BY timestamp, event_id LIMIT {limit:UInt32}",
         {
             "project": project,
             "person": person if person_is_user else "",
