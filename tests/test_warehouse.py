@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,24 @@ async def test_a_batch_is_bounded_by_events_when_records_pack_many(tmp_path: Pat
     records, _ = await by_bytes.collect(stop)
     assert 10 <= len(records) <= 11
     await log.stop()
+
+
+def test_a_final_query_over_a_time_range_reads_only_the_months_it_covers(chdb_path: Path) -> None:
+    """ClickHouse 26.3+ reads every partition under FINAL unless told otherwise: a week's
+    analysis on a year of events would read the year."""
+    wh = Warehouse(f"chdb://{chdb_path}", "test")
+    wh.migrate()
+    for month in range(1, 13):
+        wh.client.command(
+            "INSERT INTO events (project, event_id, type, anonymous_id, timestamp, received_at) "
+            f"VALUES ('pruning', 'e{month}', 'page', 'd', '2025-{month:02d}-15 12:00:00', now64(3))"
+        )
+    week = "project = 'pruning' AND timestamp >= '2025-10-12 00:00:00' AND timestamp < '2025-10-19 00:00:00'"
+    plan = "\n".join(
+        r["explain"] for r in wh.rows(f"EXPLAIN indexes = 1 SELECT count() FROM events FINAL WHERE {week}")
+    )
+    read = re.search(r"Parts: (\d+) \| Granules", plan)  # the parts actually read
+    minmax = re.search(r"Min-Max\b.*?Parts: (\d+)/(\d+)", plan, re.DOTALL)  # kept by time / all
+    assert read and minmax, plan
+    assert int(read[1]) == 1 and int(minmax[1]) == 1 and int(minmax[2]) >= 12, plan
+    assert wh.rows(f"SELECT event_id FROM events FINAL WHERE {week}") == [{"event_id": "e10"}]
