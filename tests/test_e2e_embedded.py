@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -462,3 +463,98 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert proc.proc.wait(60) == 130
     stderr = proc.logs[-1].read_text()
     assert "Traceback" not in stderr and '"msg":"component stopped","component":"ingest"' in stderr
+
+
+def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up: Proc) -> None:
+    """Real-time abandonment: listed after a cursor and streamed as Server-Sent Events."""
+    left, bought, later = uid("left"), uid("bought"), uid("later")
+    since = datetime.now(UTC).isoformat()
+
+    def visit(dev: str, goal: bool = False) -> list[dict[str, Any]]:
+        # Ended 44 minutes ago: past the shop's 30 minute timeout, so over as soon as it is read.
+        last = (
+            {"type": "track", "name": "Order Completed"}
+            if goal
+            else {"type": "page", "context": {"page": {"path": "/cart"}}}
+        )
+        return [
+            {
+                "event_id": uid("e"),
+                "type": "page",
+                "anonymous_id": dev,
+                "timestamp": ago(45),
+                "context": {"page": {"path": "/"}},
+            },
+            {"event_id": uid("e"), "anonymous_id": dev, "timestamp": ago(44), **last},
+        ]
+
+    assert up.post_batch(visit(left) + visit(bought, goal=True)).status_code == 200
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def listed() -> dict[str, Any] | None:
+        r = httpx.get(f"{up.url}/v1/abandonments", params={"since": since}, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body if left in {s["anonymous_id"] for s in body["abandonments"]} else None
+
+    body = wait_for(listed, 30, "the abandonment signal")
+    mine = [s for s in body["abandonments"] if s["anonymous_id"] in (left, bought)]
+    assert len(mine) == 1 and mine[0]["exit_touchpoint"] == "page /cart" and mine[0]["goals_reached"] == []
+    assert mine[0]["person_id"] == left and mine[0]["event_count"] == 2
+    # Nothing after the last cursor yet, for this device.
+    after = httpx.get(f"{up.url}/v1/abandonments", params={"after": body["next"]}, headers=headers, timeout=10)
+    assert left not in {s["anonymous_id"] for s in after.json()["abandonments"]}
+
+    # The stream from the same instant brings the same signal, its id the cursor ...
+    first = next_streamed(up, {"since": since}, {}, {left})
+    assert first["id"] == mine[0]["cursor"] and first["data"]["session_id"] == mine[0]["session_id"]
+    # ... and an EventSource reconnecting with Last-Event-ID gets what came after it (even what
+    # was noticed before it reconnected), not that signal again.
+    assert up.post_batch(visit(later)).status_code == 200
+    wait_for(
+        lambda: (
+            later
+            in {
+                s["anonymous_id"]
+                for s in httpx.get(
+                    f"{up.url}/v1/abandonments", params={"after": first["id"]}, headers=headers, timeout=10
+                ).json()["abandonments"]
+            }
+            or None
+        ),
+        30,
+        "the second signal",
+    )
+    resumed = next_streamed(up, {}, {"Last-Event-ID": first["id"]}, {left, later})
+    assert resumed["data"]["anonymous_id"] == later
+    r = httpx.get(f"{up.url}/v1/abandonments", params={"after": "yesterday"}, headers=headers, timeout=10)
+    assert r.status_code == 422 and "after" in r.text
+    for params, extra, field in (({}, {"Last-Event-ID": "x"}, "Last-Event-ID"), ({"since": "soon"}, {}, "since")):
+        r = httpx.get(f"{up.url}/v1/abandonments/stream", params=params, headers={**headers, **extra}, timeout=10)
+        assert r.status_code == 422 and field in r.text, r.text
+    assert httpx.get(f"{up.url}/v1/abandonments/stream", timeout=10).status_code == 401
+
+
+def next_streamed(up: Proc, params: dict[str, str], headers: dict[str, str], devices: set[str]) -> dict[str, Any]:
+    """The first abandonment event of one of these devices on /v1/abandonments/stream."""
+    deadline = time.monotonic() + 30
+    with httpx.stream(
+        "GET",
+        f"{up.url}/v1/abandonments/stream",
+        params=params,
+        headers={"Authorization": f"Bearer {API_KEY}", **headers},
+        timeout=httpx.Timeout(30, read=20),
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, Any] = {}
+        for line in r.iter_lines():
+            assert time.monotonic() < deadline, "no abandonment event streamed in 30 s"
+            if line.startswith("id: "):
+                event["id"] = line[4:]
+            elif line.startswith("data: "):
+                event["data"] = orjson.loads(line[6:])
+            elif not line and event:
+                if event["data"]["anonymous_id"] in devices:
+                    return event
+                event = {}
+    raise AssertionError("the stream ended")

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.core.identity import Link, device_owner, events_of_person, is_placeholder, links_in, person_of
-from services.core.sessions import sessionize, summarize
+from services.core.schema import ABANDONMENT_COLUMNS
+from services.core.sessions import abandonment_signal, sessionize, summarize
 
 MIN = 60_000
 
@@ -167,3 +168,16 @@ def test_a_shared_device_starts_a_new_session_when_another_user_logs_in() -> Non
     assert not alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "bob"))
     assert alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "alice"))
     assert alice_only.holds_inside(ev("late", 2 * MIN + 1, "shared", "null"))
+
+
+def test_a_timed_out_session_abandons_only_without_a_goal_and_while_recent() -> None:
+    now = 1_800_000_000_000
+    (browsing,) = summarize([ev("1", now - 50 * MIN), ev("2", now - 40 * MIN)], 30 * MIN)
+    (buying,) = summarize([ev("3", now - 50 * MIN), ev("4", now - 40 * MIN, type="track", name="Buy")], 30 * MIN)
+    goals = ("Buy",)
+    signal = abandonment_signal(browsing.row([], goals, 7), goals, now, 24 * 60 * MIN)
+    assert signal is not None and tuple(signal) == ABANDONMENT_COLUMNS
+    assert signal["detected_at"] == now / 1000 and signal["session_id"] == browsing.session_id
+    assert abandonment_signal(buying.row([], goals, 7), goals, now, 24 * 60 * MIN) is None  # converted
+    assert abandonment_signal(browsing.row([], (), 7), (), now, 24 * 60 * MIN) is None  # no goals: nothing to abandon
+    assert abandonment_signal(browsing.row([], goals, 7), goals, now, 30 * MIN) is None  # too late to act on

@@ -270,3 +270,42 @@ def test_rebuild_recomputes_sessions_of_events_stored_without_them(
     assert stored_rows(wh, project) == expected
     assert main(["rebuild-sessions", "--project", project]) == 0  # again: the same rows
     assert stored_rows(wh, project) == expected
+
+
+def test_a_session_that_times_out_without_a_goal_is_signalled_once(chdb_path: Path, tmp_path: Path) -> None:
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"st{next(_projects)}"
+    now = datetime.now(UTC)
+
+    def event(i: int, device: str, minutes_ago: float, name: str = "") -> dict[str, Any]:
+        kind = {"type": "track", "name": name} if name else {"type": "page", "context": {"page": {"path": "/cart"}}}
+        at = (now - timedelta(minutes=minutes_ago)).isoformat()
+        return {"event_id": f"e{i}", "anonymous_id": device, "timestamp": at, **kind}
+
+    received = int(now.timestamp() * 1000)
+    current = pipeline(wh, tmp_path, project)
+    assert current.sessions is not None
+    # Both sessions end 44 minutes ago: past the 30 min timeout by the clock, not yet by the
+    # newest event time the sessionizer has seen, so the batch itself lets go of neither.
+    batch = records_of(
+        [event(1, "gone", 45), event(2, "gone", 44), event(3, "bought", 45), event(4, "bought", 44, GOAL)],
+        project,
+        received,
+    )
+    current.write(batch, decode(batch))
+
+    def signals() -> list[dict[str, Any]]:
+        return wh.rows(
+            "SELECT device, exit_touchpoint, events, goals FROM abandonments FINAL WHERE project = {p:String}",
+            {"p": project},
+        )
+
+    assert signals() == []
+    assert current.sessions.idle() == 1  # nothing new to read: time passes by the clock
+    assert signals() == [{"device": "gone", "exit_touchpoint": "page /cart", "events": 2, "goals": []}]
+    # A device within its timeout stays open through the next ticks; nothing is signalled twice.
+    batch = records_of([event(5, "here", 1)], project, received)
+    current.write(batch, decode(batch))
+    assert current.sessions.idle() == 0
+    assert len(signals()) == 1

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
 
 from services.core.events import iso
 from services.core.openapi import response_example
@@ -20,6 +21,7 @@ from .analytics import Source, abandonment, behaviour, correlations, funnel, jou
 from .auth import project_for
 from .journeys import load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
+from .signals import Cursor, event_stream, parse_cursor, signal_json, signals_after, stored_session_json
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 
@@ -105,6 +107,20 @@ class QueryApi:
                 "Stored sessions, newest first: entry and exit touchpoints, errors, response times, goals",
             ),
             (
+                "/v1/abandonments",
+                self.abandonments,
+                "GET",
+                "signals",
+                "Abandonment signals: sessions that just timed out without reaching a goal, after a cursor",
+            ),
+            (
+                "/v1/abandonments/stream",
+                self.abandonment_stream,
+                "GET",
+                "signals",
+                "The same signals as Server-Sent Events, each as the sessionizer notices it",
+            ),
+            (
                 "/v1/rejected",
                 self.rejected,
                 "GET",
@@ -126,17 +142,17 @@ class QueryApi:
             "/v1/sessions": examples.SESSIONS,
             "/v1/identity-conflicts": examples.CONFLICTS,
             "/v1/behaviour": examples.BEHAVIOUR,
+            "/v1/abandonments": examples.ABANDONMENTS,
         }
         for path, endpoint, method, tag, summary in routes:
             example = response_examples.get(path)
-            self.router.add_api_route(
-                path,
-                endpoint,
-                methods=[method],
-                tags=[tag],
-                summary=summary,
-                openapi_extra=response_example(example) if example else None,
-            )
+            options: dict[str, Any] = {"openapi_extra": response_example(example) if example else None}
+            if path == "/v1/abandonments/stream":
+                options.update(
+                    openapi_extra=response_example(examples.ABANDONMENT_STREAM, "text/event-stream"),
+                    response_class=StreamingResponse,
+                )
+            self.router.add_api_route(path, endpoint, methods=[method], tags=[tag], summary=summary, **options)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking warehouse call in a worker thread; a query over its limits is a clear 4xx/5xx."""
@@ -219,7 +235,51 @@ class QueryApi:
             f"FROM sessions FINAL WHERE {' AND '.join(where)} ORDER BY started_at DESC, session_id LIMIT {{n:UInt32}}",
             params,
         )
-        return {"sessions": [_session_json(r) for r in rows], "count": len(rows)}
+        return {"sessions": [stored_session_json(r) for r in rows], "count": len(rows)}
+
+    def _after(self, after: str | None, since: str | None, last_event_id: str | None = None) -> Cursor:
+        """Where a listing or stream starts: a cursor the API gave, else an instant (default: now
+        for a stream, an hour ago for a listing)."""
+        if last_event_id:  # an EventSource reconnecting says where it was
+            return parse_cursor(last_event_id, "Last-Event-ID")
+        if after:
+            return parse_cursor(after, "after")
+        return _instant(since, "since", datetime.now(UTC) - timedelta(hours=1)) - 1, "~"  # after all of ms - 1
+
+    async def abandonments(
+        self,
+        request: Request,
+        after: str | None = Query(None, description="the cursor of the last signal read (its `cursor`)"),
+        since: str | None = Query(None, description="ISO 8601: signals noticed from then on; default 1 hour ago"),
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> dict[str, Any]:
+        """Sessions that timed out without reaching one of the project's goals, oldest first,
+        each once. Poll with `after` = the `next` of the previous answer."""
+        project = project_for(request, self.projects)
+        start = self._after(after, since)
+        rows = await self._call(signals_after, self.warehouse, project.id, start, limit)
+        signals = [signal_json(r) for r in rows]
+        return {"abandonments": signals, "next": signals[-1]["cursor"] if signals else f"{start[0]}:{start[1]}"}
+
+    async def abandonment_stream(
+        self,
+        request: Request,
+        after: str | None = Query(None, description="the cursor of the last signal read"),
+        since: str | None = Query(None, description="ISO 8601: signals noticed from then on; default now"),
+        last_event_id: str | None = Header(None, description="sent by an EventSource when it reconnects"),
+    ) -> StreamingResponse:
+        """`text/event-stream`: one `abandonment` event per signal, its `id` the cursor."""
+        project = project_for(request, self.projects)
+        start = self._after(after, since or datetime.now(UTC).isoformat(), last_event_id)
+
+        async def fetch(cursor: Cursor) -> list[dict[str, Any]]:
+            return await self._call(signals_after, self.warehouse, project.id, cursor, 1000)
+
+        return StreamingResponse(
+            event_stream(fetch, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def rejected(
         self,
@@ -469,32 +529,6 @@ def _stage_json(name: str, index: int, summary: dict[str, Any], rows: list[dict[
             "errors": [point(r, error_rate=float(r["error_rate"])) for r in errors[:top] if r["error_rate"] > 0],
         },
         "note": None if enough or not mine else f"fewer than {MIN_OBSERVATIONS} people per touchpoint: no pain points",
-    }
-
-
-def _session_json(r: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "session_id": r["session_id"],
-        "person_id": r["person"],
-        "anonymous_id": "" if r["device"].startswith("user:") else r["device"],
-        "user_id": r["user_id"],
-        "channel": r["channel"],
-        "device": {"type": r["device_type"]},
-        "browser": r["browser"],
-        "os": r["os"],
-        "country": r["country"],
-        "network": r["network"],
-        "campaign": {"source": r["campaign_source"], "medium": r["campaign_medium"], "name": r["campaign_name"]},
-        "started_at": iso(r["start_ms"]),
-        "ended_at": iso(r["end_ms"]),
-        "duration_seconds": r["duration_ms"] / 1000,
-        "entry_touchpoint": r["entry_touchpoint"],
-        "exit_touchpoint": r["exit_touchpoint"],
-        "event_count": r["events"],
-        "pageviews": r["pageviews"],
-        "errors": r["errors"],
-        "response_ms": {"median": r["response_ms_median"], "max": r["response_ms_max"]},
-        "goals_reached": list(r["goals"]),
     }
 
 

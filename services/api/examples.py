@@ -112,31 +112,50 @@ BEHAVIOUR = {
     ],
 }
 
+SESSION: dict[str, object] = {
+    "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce",
+    "person_id": "user-42",
+    "anonymous_id": "a1f3",
+    "user_id": "",
+    "channel": "web",
+    "device": {"type": "desktop"},
+    "browser": "Chrome",
+    "os": "Windows",
+    "country": "DE",
+    "network": "4g",
+    "campaign": {"source": "newsletter", "medium": "email", "name": "black-friday"},
+    "started_at": "2026-11-22T09:00:00.000Z",
+    "ended_at": "2026-11-22T09:04:10.000Z",
+    "duration_seconds": 250.0,
+    "entry_touchpoint": "page /",
+    "exit_touchpoint": "page /search",
+    "event_count": 4,
+    "pageviews": 3,
+    "errors": 1,
+    "response_ms": {"median": 820.0, "max": 3400.0},
+    "goals_reached": [],
+}
+
 SESSIONS = {
-    "sessions": [
-        {
-            "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce",
-            "person_id": "user-42",
-            "anonymous_id": "a1f3",
-            "user_id": "",
-            "channel": "web",
-            "device": {"type": "desktop"},
-            "browser": "Chrome",
-            "os": "Windows",
-            "country": "DE",
-            "network": "4g",
-            "campaign": {"source": "newsletter", "medium": "email", "name": "black-friday"},
-            "started_at": "2026-11-22T09:00:00.000Z",
-            "ended_at": "2026-11-22T09:04:10.000Z",
-            "duration_seconds": 250.0,
-            "entry_touchpoint": "page /",
-            "exit_touchpoint": "page /search",
-            "event_count": 4,
-            "pageviews": 3,
-            "errors": 1,
-            "response_ms": {"median": 820.0, "max": 3400.0},
-            "goals_reached": [],
-        }
-    ],
+    "sessions": [SESSION],
     "count": 1,
 }
+
+ABANDONMENTS = {
+    "abandonments": [
+        {
+            **SESSION,
+            "detected_at": "2026-11-22T09:34:11.250Z",
+            "cursor": "1795253651250:4563cb83-b736-5066-a81d-6c176c2fd5ce",
+        }
+    ],
+    "next": "1795253651250:4563cb83-b736-5066-a81d-6c176c2fd5ce",
+}
+
+ABANDONMENT_STREAM = (
+    ": abandonment signals\n\n"
+    "id: 1795253651250:4563cb83-b736-5066-a81d-6c176c2fd5ce\n"
+    "event: abandonment\n"
+    'data: {"session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", "person_id": "user-42", '
+    '"exit_touchpoint": "page /search", "goals_reached": [], "detected_at": "2026-11-22T09:34:11.250Z", ...}\n\n'
+)

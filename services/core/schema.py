@@ -96,6 +96,8 @@ SESSION_COLUMNS: Final = (
     "version",
     "is_deleted",
 )
+# An abandonment signal: the session's row as it timed out, and when that was noticed.
+ABANDONMENT_COLUMNS: Final = (*(c for c in SESSION_COLUMNS if c not in ("version", "is_deleted")), "detected_at")
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
@@ -240,6 +242,45 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             )
             ENGINE = ReplacingMergeTree(version, is_deleted)
             ORDER BY (project, device, session_id)
+            """,
+        ),
+    ),
+    Migration(
+        5,
+        "abandonment signals",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS abandonments (
+                project LowCardinality(String),
+                device String,
+                session_id String,
+                person String,
+                user_id String,
+                channel LowCardinality(String),
+                browser LowCardinality(String),
+                os LowCardinality(String),
+                device_type LowCardinality(String),
+                country LowCardinality(String),
+                network LowCardinality(String),
+                campaign_source LowCardinality(String),
+                campaign_medium LowCardinality(String),
+                campaign_name String,
+                started_at {TS},
+                ended_at {TS},
+                duration_ms UInt64,
+                entry_touchpoint String,
+                exit_touchpoint String,
+                events UInt32,
+                pageviews UInt32,
+                errors UInt32,
+                response_ms_median Nullable(Float64),
+                response_ms_max Nullable(Float64),
+                goals Array(String) COMMENT 'always empty: a signal is a session without a goal',
+                detected_at {TS} COMMENT 'when the sessionizer saw the session time out'
+            )
+            ENGINE = ReplacingMergeTree(detected_at)
+            ORDER BY (project, session_id)
+            TTL toDateTime(detected_at) + INTERVAL 30 DAY
             """,
         ),
     ),

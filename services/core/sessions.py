@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.core.identity import Link, device_owner, identified_user
+from services.core.schema import ABANDONMENT_COLUMNS
 
 _NAMESPACE = uuid.UUID("6f1c1f0e-3c1b-4a8e-9d0a-7a6b1e2f4c3d")
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -354,6 +355,21 @@ class SessionSummary:
             "version": version,
             "is_deleted": 0,
         }
+
+
+def abandonment_signal(
+    row: Mapping[str, Any], goals: Collection[str], now_ms: int, max_age_ms: int
+) -> dict[str, Any] | None:
+    """The signal for a session row that just timed out, or None when it did not abandon.
+
+    A session abandons when it timed out without reaching one of the project's goals. A project
+    without goals has nothing to abandon, and a session that ended more than ``max_age_ms`` ago
+    (a backlog read after downtime) is too late to act on."""
+    if not goals or row["goals"] or now_ms - row["ended_at"] * 1000 > max_age_ms:
+        return None
+    signal = {name: row[name] for name in ABANDONMENT_COLUMNS if name != "detected_at"}
+    signal["detected_at"] = now_ms / 1000
+    return signal
 
 
 def session_person(user_id: str, device: str, started_at: int, links: Sequence[Link]) -> str:

@@ -15,6 +15,7 @@ a time; the in-memory state changes only once the rows are written.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import OrderedDict
@@ -26,10 +27,11 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from services.core.identity import Link, identified_user
-from services.core.schema import SESSION_COLUMNS
+from services.core.schema import ABANDONMENT_COLUMNS, SESSION_COLUMNS
 from services.core.sessions import (
     SESSION_EVENT_FIELDS,
     SessionSummary,
+    abandonment_signal,
     device_of,
     event_key,
     session_person,
@@ -50,7 +52,18 @@ OPEN_SESSIONS = Gauge(
     "touchpoint_sessionizer_open_sessions", "Sessions held in memory that can still grow (within their timeout)"
 )
 
+ABANDONMENTS = Counter(
+    "touchpoint_sessionizer_abandonments_total", "Sessions that timed out without reaching a goal (signals written)"
+)
+SIGNALS_LOST = Counter(
+    "touchpoint_sessionizer_abandonment_signals_lost_total", "Abandonment signals that could not be written"
+)
+
 DEFAULT_TIMEOUT_MS = 30 * 60_000
+
+# A session that ended longer ago than this when it times out here (a backlog read after
+# downtime) is not signalled: nobody can act on it any more. The abandonment report still has it.
+SIGNAL_MAX_AGE_MS = 24 * 3600_000
 
 
 @dataclass(slots=True)
@@ -58,6 +71,7 @@ class _Device:
     newest: SessionSummary  # the device's newest session: the only one extended without a read
     links: dict[str, int]  # user id -> first seen (ms): who the device belongs to when
     version: int
+    signalled: bool = False  # its newest session timed out and was looked at for abandonment
 
 
 _NO_LINKS: dict[str, int] = {}  # shared by every device without links: never mutated
@@ -77,6 +91,11 @@ class OpenSessions:
         self._clock = 0
         self._newest_ts = 0
         self._generation = 0  # bumped by forget(): a write begun before must not refill what it let go
+        self._signals: list[dict[str, Any]] = []  # abandonment signals not yet written
+        # When each held device's newest session times out, for projects with goals (a heap; one
+        # entry per device, moved on lazily when the session grew since it was queued).
+        self._deadlines: list[tuple[int, tuple[str, str]]] = []
+        self._queued: set[tuple[str, str]] = set()
 
     def timeout_ms(self, project: str) -> int:
         return self._timeouts.get(project, DEFAULT_TIMEOUT_MS)
@@ -85,6 +104,8 @@ class OpenSessions:
         """Partitions were revoked: another process now extends these sessions."""
         self._generation += 1
         self._held.clear()
+        self._deadlines.clear()
+        self._queued.clear()
         OPEN_SESSIONS.set(0)
 
     def _version(self, floor: int = 0) -> int:
@@ -124,11 +145,67 @@ class OpenSessions:
             else:
                 self._held[key] = state
                 self._held.move_to_end(key)
+                self._watch(key, state)
         if events:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
             newest = min(max(int(e["timestamp"]) for e in events), time.time_ns() // 1_000_000)
             self._newest_ts = max(self._newest_ts, newest)
+        self._signal_timeouts()
         self._sweep()
+        self._write_signals()
         return len(rows)
+
+    def idle(self) -> int:
+        """Blocking: the log has nothing new. Time now passes by the clock, not only by the
+        events' times, so sessions past their timeout are let go (and signalled when they
+        abandoned) while no device sends anything. Returns the signals written.
+
+        Only when idle: while a backlog is read, the clock is ahead of the events, and letting
+        go by it would send every held device down the slow path."""
+        self._newest_ts = max(self._newest_ts, time.time_ns() // 1_000_000)
+        self._signal_timeouts()
+        self._sweep()
+        return self._write_signals()
+
+    def _watch(self, key: tuple[str, str], state: _Device) -> None:
+        if key not in self._queued and self._goals.get(key[0]):
+            heapq.heappush(self._deadlines, (state.newest.ended_at + self.timeout_ms(key[0]), key))
+            self._queued.add(key)
+
+    def _signal_timeouts(self) -> None:
+        """Look at each held session whose timeout passed (by ``_newest_ts``, the clock the sweep
+        uses too, so none is let go unseen): without a goal, it abandoned. In deadline order,
+        not in the order devices were written, so a device that sent old events (an offline
+        queue) is not kept waiting behind the others."""
+        clock, now = self._newest_ts, time.time_ns() // 1_000_000
+        while self._deadlines and self._deadlines[0][0] < clock:
+            _, key = heapq.heappop(self._deadlines)
+            self._queued.discard(key)
+            state = self._held.get(key)
+            if state is None or state.signalled:
+                continue  # let go of meanwhile (its sessions are final then), or already looked at
+            if state.newest.ended_at + self.timeout_ms(key[0]) >= clock:
+                self._watch(key, state)  # the session grew since: wait for its new deadline
+                continue
+            state.signalled = True
+            goals = self._goals.get(key[0], ())
+            row = state.newest.row(_links(key[1], state.links), goals, state.version)
+            signal = abandonment_signal(row, goals, now, SIGNAL_MAX_AGE_MS)
+            if signal is not None:
+                self._signals.append(signal)
+
+    def _write_signals(self) -> int:
+        """Best effort: a failed write loses these signals (counted and logged), never the batch."""
+        signals, self._signals = self._signals, []
+        if not signals:
+            return 0
+        try:
+            self.warehouse.insert_json("abandonments", [orjson.dumps(s) for s in signals], ABANDONMENT_COLUMNS)
+        except Exception as exc:
+            SIGNALS_LOST.inc(len(signals))
+            log.warning("abandonment signals not written", extra={"signals": len(signals), "error": repr(exc)[:300]})
+            return 0
+        ABANDONMENTS.inc(len(signals))
+        return len(signals)
 
     def _extend(
         self,

@@ -56,6 +56,10 @@ REVOKE_FLUSH_TIMEOUT_S = 30.0
 POLL_CHUNK_BYTES = 1 << 20
 POLL_FIRST_RECORDS = 8
 
+# With nothing to read for this long, collect() returns empty-handed so the pipeline can let
+# time pass for the open sessions (timeouts and abandonment signals while no device sends).
+IDLE_TICK_S = 1.0
+
 NEWEST_RECEIVED = Gauge(
     "touchpoint_sessionizer_newest_event_received_timestamp_seconds",
     "When ingest received the newest event stored so far (time() minus this: the ingestion delay)",
@@ -227,6 +231,7 @@ class Pipeline:
         decoded = Decoded()
         size = 0
         deadline: float | None = None
+        idle_until = time.monotonic() + IDLE_TICK_S
         while (
             len(decoded.events) < self.max_events
             and size < self.max_bytes
@@ -255,7 +260,7 @@ class Pipeline:
                 if deadline is None:
                     deadline = time.monotonic() + self.max_seconds
             elif deadline is None:
-                if batch:
+                if batch or time.monotonic() >= idle_until:
                     break
                 continue
         return batch, decoded
@@ -369,6 +374,10 @@ class Pipeline:
                         break
                 if records:
                     writing = asyncio.create_task(self.write_and_commit(records, decoded, stop))
+                elif self.sessions is not None and lag == 0 and not stop.is_set():
+                    # Everything read, nothing in flight: time passes by the clock. Not while the
+                    # lag is unknown (a broker away): events may be waiting that extend sessions.
+                    await asyncio.to_thread(self.sessions.idle)
                 if self._flush_requested.is_set() or stop.is_set():
                     if writing is not None:
                         done, writing = await writing, None

@@ -1,0 +1,115 @@
+"""Abandonment signals: sessions that timed out without reaching a goal, as the sessionizer
+noticed them, listed after a cursor or streamed as Server-Sent Events.
+
+A signal is written once per session when its timeout passes (``abandonments`` table); the
+stream polls that table, so it works the same whether the sessionizer runs in this process or
+in another one. The cursor is ``<detected_at ms>:<session_id>``, the order signals are read in:
+a client that reconnects with it (``Last-Event-ID``) misses none and sees each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import HTTPException
+
+from services.core.events import iso
+from services.core.warehouse import Warehouse
+
+Cursor = tuple[int, str]
+
+POLL_SECONDS = 1.0
+KEEPALIVE_SECONDS = 15.0
+
+_SIGNALS_SQL = """
+SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms,
+       toUnixTimestamp64Milli(detected_at) AS detected_ms
+FROM abandonments FINAL
+WHERE project = {project:String}
+  AND (toUnixTimestamp64Milli(detected_at), session_id) > ({after_ms:Int64}, {after_session:String})
+ORDER BY detected_at, session_id
+LIMIT {limit:UInt32}
+"""
+
+
+def parse_cursor(text: str, field: str) -> Cursor:
+    """``<ms>:<session_id>`` as given back by the API; 422 naming the field otherwise."""
+    head, sep, session_id = text.partition(":")
+    if not sep or not head.isdigit():
+        raise HTTPException(422, f"{field}: not a cursor given by this API (<detected_at ms>:<session_id>)")
+    return int(head), session_id
+
+
+def cursor_text(cursor: Cursor) -> str:
+    return f"{cursor[0]}:{cursor[1]}"
+
+
+def signals_after(warehouse: Warehouse, project: str, after: Cursor, limit: int) -> list[dict[str, Any]]:
+    """Blocking: the project's signals after the cursor, oldest first."""
+    return warehouse.rows(
+        _SIGNALS_SQL, {"project": project, "after_ms": after[0], "after_session": after[1], "limit": limit}
+    )
+
+
+def stored_session_json(r: dict[str, Any]) -> dict[str, Any]:
+    """A row of the sessions table (or a signal, which has its columns) as the API answers it."""
+    return {
+        "session_id": r["session_id"],
+        "person_id": r["person"],
+        "anonymous_id": "" if r["device"].startswith("user:") else r["device"],
+        "user_id": r["user_id"],
+        "channel": r["channel"],
+        "device": {"type": r["device_type"]},
+        "browser": r["browser"],
+        "os": r["os"],
+        "country": r["country"],
+        "network": r["network"],
+        "campaign": {"source": r["campaign_source"], "medium": r["campaign_medium"], "name": r["campaign_name"]},
+        "started_at": iso(r["start_ms"]),
+        "ended_at": iso(r["end_ms"]),
+        "duration_seconds": r["duration_ms"] / 1000,
+        "entry_touchpoint": r["entry_touchpoint"],
+        "exit_touchpoint": r["exit_touchpoint"],
+        "event_count": r["events"],
+        "pageviews": r["pageviews"],
+        "errors": r["errors"],
+        "response_ms": {"median": r["response_ms_median"], "max": r["response_ms_max"]},
+        "goals_reached": list(r["goals"]),
+    }
+
+
+def signal_json(r: dict[str, Any]) -> dict[str, Any]:
+    return {**stored_session_json(r), "detected_at": iso(r["detected_ms"]), "cursor": cursor_text(_cursor_of(r))}
+
+
+def _cursor_of(r: dict[str, Any]) -> Cursor:
+    return int(r["detected_ms"]), str(r["session_id"])
+
+
+async def event_stream(
+    fetch: Callable[[Cursor], Awaitable[list[dict[str, Any]]]],
+    after: Cursor,
+    poll_seconds: float = POLL_SECONDS,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+) -> AsyncIterator[bytes]:
+    """Server-Sent Events: each signal once, in order, as it is written; a comment now and then
+    so proxies keep the connection open. Ends when the client goes (Starlette cancels it)."""
+    quiet = 0.0
+    yield b": abandonment signals\n\n"  # headers and a first byte out at once
+    while True:
+        rows = await fetch(after)
+        for r in rows:
+            after = _cursor_of(r)
+            data = orjson.dumps(signal_json(r))
+            yield b"id: " + cursor_text(after).encode() + b"\nevent: abandonment\ndata: " + data + b"\n\n"
+        if rows:
+            quiet = 0.0
+            continue
+        await asyncio.sleep(poll_seconds)
+        quiet += poll_seconds
+        if quiet >= keepalive_seconds:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
