@@ -81,30 +81,65 @@ def _components(command: str, settings: Settings, projects: Projects) -> list[tu
     return out
 
 
-def _list_rejected(project_id: str | None, limit: int) -> int:
-    """Print dead letters from a running Touchpoint (TOUCHPOINT_HOST/PORT), one JSON line each."""
-    import httpx
-    import orjson
-
+def _query_target(project_id: str | None, path: str) -> tuple[str, dict[str, str]] | None:
+    """The URL of a running Touchpoint's query API (TOUCHPOINT_HOST/PORT) and the project's key."""
     settings = Settings.from_env()
     projects, _, _ = load_projects(settings)
     project = projects.get(project_id) if project_id else projects.items[0]
     if project is None:
         print(f"touchpoint: no project {project_id!r} in the projects file", file=sys.stderr)
+        return None
+    return f"http://{settings.host}:{settings.port}{path}", {"Authorization": f"Bearer {project.api_keys[0]}"}
+
+
+def _unreachable(url: str, exc: Exception) -> int:
+    print(f"touchpoint: cannot reach {url} ({exc}); is `touchpoint up` or `touchpoint api` running?", file=sys.stderr)
+    return 1
+
+
+def _list_rejected(project_id: str | None, limit: int) -> int:
+    """Print dead letters from a running Touchpoint, one JSON line each."""
+    import httpx
+    import orjson
+
+    target = _query_target(project_id, "/v1/rejected")
+    if target is None:
         return 2
-    url = f"http://{settings.host}:{settings.port}/v1/rejected"
+    url, headers = target
     try:
-        r = httpx.get(url, params={"limit": limit}, headers={"Authorization": f"Bearer {project.api_keys[0]}"})
+        r = httpx.get(url, params={"limit": limit}, headers=headers)
     except httpx.HTTPError as exc:
-        print(
-            f"touchpoint: cannot reach {url} ({exc}); is `touchpoint up` or `touchpoint api` running?", file=sys.stderr
-        )
-        return 1
+        return _unreachable(url, exc)
     if r.status_code != 200:
         print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
         return 1
     for item in r.json()["rejected"]:
         print(orjson.dumps(item).decode())
+    return 0
+
+
+def _follow_abandonments(project_id: str | None, since: str | None) -> int:
+    """Print abandonment signals as they happen, one JSON line each, until Ctrl-C."""
+    import httpx
+
+    target = _query_target(project_id, "/v1/abandonments/stream")
+    if target is None:
+        return 2
+    url, headers = target
+    params = {"since": since} if since else {}
+    try:
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=httpx.Timeout(10, read=None)) as r:
+            if r.status_code != 200:
+                r.read()
+                print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
+                return 1
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    print(line[6:], flush=True)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 
@@ -147,20 +182,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
         "command",
-        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected", "rebuild-sessions"],
+        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected", "abandonments", "rebuild-sessions"],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
-        "rejected: list dead letters; rebuild-sessions: recompute the sessions table from stored events",
+        "rejected: list dead letters; abandonments: follow sessions that time out without a goal, as they "
+        "happen; rebuild-sessions: recompute the sessions table from stored events",
     )
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
     parser.add_argument(
-        "--project", default=None, help="rejected: project id (default: the first); rebuild-sessions: only this project"
+        "--project",
+        default=None,
+        help="rejected, abandonments: project id (default: the first); rebuild-sessions: only this project",
     )
+    parser.add_argument("--since", default=None, help="abandonments: ISO 8601, also those noticed since (default: now)")
     parser.add_argument("--limit", type=int, default=20, help="rejected: how many, newest first")
     args = parser.parse_args(argv)
     if args.command == "rejected":
         return _list_rejected(args.project, args.limit)
+    if args.command == "abandonments":
+        return _follow_abandonments(args.project, args.since)
     if args.command == "rebuild-sessions":
         return _rebuild_sessions(args.project)
     if args.command == "demo":

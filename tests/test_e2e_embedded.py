@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import select
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -533,6 +536,24 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
         r = httpx.get(f"{up.url}/v1/abandonments/stream", params=params, headers={**headers, **extra}, timeout=10)
         assert r.status_code == 422 and field in r.text, r.text
     assert httpx.get(f"{up.url}/v1/abandonments/stream", timeout=10).status_code == 401
+    # `touchpoint abandonments` follows the stream in a terminal, one JSON line per signal.
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "abandonments", "--since", since],
+        env=up.env,
+        stdout=subprocess.PIPE,
+        bufsize=0,  # unbuffered: select() sees every line that is not read yet
+    )
+    try:
+        assert follow.stdout is not None
+        deadline = time.monotonic() + 30
+        while True:  # other tests' signals may come first
+            ready, _, _ = select.select([follow.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "touchpoint abandonments printed nothing of ours in 30 s"
+            if orjson.loads(follow.stdout.readline())["anonymous_id"] == left:
+                break
+    finally:
+        follow.terminate()
+        follow.wait(10)
 
 
 def next_streamed(up: Proc, params: dict[str, str], headers: dict[str, str], devices: set[str]) -> dict[str, Any]:
