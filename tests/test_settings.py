@@ -49,6 +49,10 @@ def test_projects_file_is_validated(tmp_path: Path) -> None:
     projects, _, _ = load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(good)}))
     assert projects.by_write_key["w"].session_timeout_minutes == 20
     assert projects.by_api_key["a"].goals == ("Order Completed",)
+    hooked = tmp_path / "h.toml"
+    hooked.write_text('[[projects]]\nid = "x"\nwrite_keys = ["w"]\napi_keys = ["a"]\nabandonment_webhook = "ftp://x"\n')
+    with pytest.raises(ConfigError, match=r"projects\[0\]\.abandonment_webhook must be an http"):
+        load_projects(Settings.from_env({"TOUCHPOINT_CONFIG": str(hooked)}))
 
 
 def test_journey_stages_are_parsed_and_validated(tmp_path: Path) -> None:

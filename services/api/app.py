@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from services.core.events import iso
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects
+from services.core.signals import Cursor, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
 
 from . import examples
@@ -21,7 +22,7 @@ from .analytics import Source, abandonment, behaviour, correlations, funnel, jou
 from .auth import project_for
 from .journeys import load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
-from .signals import Cursor, event_stream, parse_cursor, signal_json, signals_after, stored_session_json
+from .signals import event_stream, parse_cursor, signals_after
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 

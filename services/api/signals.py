@@ -16,10 +16,8 @@ from typing import Any
 import orjson
 from fastapi import HTTPException
 
-from services.core.events import iso
+from services.core.signals import Cursor, cursor_of, cursor_text, signal_json
 from services.core.warehouse import Warehouse
-
-Cursor = tuple[int, str]
 
 POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
@@ -43,50 +41,11 @@ def parse_cursor(text: str, field: str) -> Cursor:
     return int(head), session_id
 
 
-def cursor_text(cursor: Cursor) -> str:
-    return f"{cursor[0]}:{cursor[1]}"
-
-
 def signals_after(warehouse: Warehouse, project: str, after: Cursor, limit: int) -> list[dict[str, Any]]:
     """Blocking: the project's signals after the cursor, oldest first."""
     return warehouse.rows(
         _SIGNALS_SQL, {"project": project, "after_ms": after[0], "after_session": after[1], "limit": limit}
     )
-
-
-def stored_session_json(r: dict[str, Any]) -> dict[str, Any]:
-    """A row of the sessions table (or a signal, which has its columns) as the API answers it."""
-    return {
-        "session_id": r["session_id"],
-        "person_id": r["person"],
-        "anonymous_id": "" if r["device"].startswith("user:") else r["device"],
-        "user_id": r["user_id"],
-        "channel": r["channel"],
-        "device": {"type": r["device_type"]},
-        "browser": r["browser"],
-        "os": r["os"],
-        "country": r["country"],
-        "network": r["network"],
-        "campaign": {"source": r["campaign_source"], "medium": r["campaign_medium"], "name": r["campaign_name"]},
-        "started_at": iso(r["start_ms"]),
-        "ended_at": iso(r["end_ms"]),
-        "duration_seconds": r["duration_ms"] / 1000,
-        "entry_touchpoint": r["entry_touchpoint"],
-        "exit_touchpoint": r["exit_touchpoint"],
-        "event_count": r["events"],
-        "pageviews": r["pageviews"],
-        "errors": r["errors"],
-        "response_ms": {"median": r["response_ms_median"], "max": r["response_ms_max"]},
-        "goals_reached": list(r["goals"]),
-    }
-
-
-def signal_json(r: dict[str, Any]) -> dict[str, Any]:
-    return {**stored_session_json(r), "detected_at": iso(r["detected_ms"]), "cursor": cursor_text(_cursor_of(r))}
-
-
-def _cursor_of(r: dict[str, Any]) -> Cursor:
-    return int(r["detected_ms"]), str(r["session_id"])
 
 
 async def event_stream(
@@ -102,7 +61,7 @@ async def event_stream(
     while True:
         rows = await fetch(after)
         for r in rows:
-            after = _cursor_of(r)
+            after = cursor_of(r)
             data = orjson.dumps(signal_json(r))
             yield b"id: " + cursor_text(after).encode() + b"\nevent: abandonment\ndata: " + data + b"\n\n"
         if rows:

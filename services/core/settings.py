@@ -39,6 +39,8 @@ class Project:
     session_timeout_minutes: int = 30
     anonymize_ip: bool = True
     stages: tuple[Stage, ...] = ()
+    abandonment_webhook: str = ""  # POSTed each abandonment signal (best effort; the API has them all)
+    webhook_secret: str = ""  # signs each webhook body: X-Touchpoint-Signature: sha256=<HMAC hex>
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,12 @@ def parse_projects(doc: Mapping[str, Any], source: str) -> Projects:
         anonymize = table.get("anonymize_ip", True)
         if not isinstance(anonymize, bool):
             raise ConfigError(f"{where}.anonymize_ip must be true or false")
+        webhook = table.get("abandonment_webhook", "")
+        if not isinstance(webhook, str) or (webhook and not webhook.startswith(("http://", "https://"))):
+            raise ConfigError(f"{where}.abandonment_webhook must be an http:// or https:// URL")
+        secret = table.get("webhook_secret", "")
+        if not isinstance(secret, str):
+            raise ConfigError(f"{where}.webhook_secret must be a string")
         items.append(
             Project(
                 id=pid,
@@ -209,6 +217,8 @@ def parse_projects(doc: Mapping[str, Any], source: str) -> Projects:
                 session_timeout_minutes=timeout,
                 anonymize_ip=anonymize,
                 stages=_stages(table.get("stages", []), f"{where}.stages"),
+                abandonment_webhook=webhook,
+                webhook_secret=secret,
             )
         )
     if len({p.id for p in items}) != len(items):

@@ -19,7 +19,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +82,16 @@ def _links(anonymous_id: str, links: Mapping[str, int]) -> list[Link]:
 
 
 class OpenSessions:
-    def __init__(self, warehouse: Warehouse, projects: Projects | None = None, max_held: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        projects: Projects | None = None,
+        max_held: int = 2_000_000,
+        on_signals: Callable[[Sequence[Mapping[str, Any]]], None] | None = None,
+    ) -> None:
         self.warehouse = warehouse
         self.max_held = max_held
+        self.on_signals = on_signals  # told of each batch of abandonment signals once written
         self._timeouts = {p.id: p.session_timeout_minutes * 60_000 for p in (projects.items if projects else ())}
         self._goals = {p.id: p.goals for p in (projects.items if projects else ())}
         self._held: OrderedDict[tuple[str, str], _Device] = OrderedDict()
@@ -205,6 +212,8 @@ class OpenSessions:
             log.warning("abandonment signals not written", extra={"signals": len(signals), "error": repr(exc)[:300]})
             return 0
         ABANDONMENTS.inc(len(signals))
+        if self.on_signals is not None:
+            self.on_signals(signals)
         return len(signals)
 
     def _extend(

@@ -13,6 +13,7 @@ from services.core.warehouse import Warehouse
 
 from .open_sessions import OpenSessions
 from .pipeline import Pipeline
+from .webhooks import WebhookSender
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -24,13 +25,17 @@ class Sessionizer:
     def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse, projects: Projects) -> None:
         self.reader = reader
         self.warehouse = warehouse
+        webhooks = WebhookSender(projects)
+        self.webhooks = webhooks if webhooks.wanted else None
         self.pipeline = Pipeline(
             reader,
             warehouse,
             settings.batch_max_events,
             settings.batch_max_seconds,
             settings.batch_max_bytes,
-            OpenSessions(warehouse, projects, settings.max_open_sessions),
+            OpenSessions(
+                warehouse, projects, settings.max_open_sessions, self.webhooks.submit if self.webhooks else None
+            ),
         )
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -38,6 +43,8 @@ class Sessionizer:
     async def start(self) -> None:
         await asyncio.to_thread(self.warehouse.migrate)
         await self.reader.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name="sessionizer")
 
@@ -62,6 +69,8 @@ class Sessionizer:
             except Exception:
                 log.exception("sessionizer stopped with an error")
         await self.reader.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
 
     def status(self) -> dict[str, Any]:
         state = self.pipeline.state

@@ -1,0 +1,67 @@
+"""What an abandonment signal looks like to the outside: the API's JSON and the webhook body.
+
+One shape for both, from a stored row (``abandonments``, with ``start_ms``, ``end_ms`` and
+``detected_ms``) or from the signal the sessionizer just wrote (times in epoch seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .events import iso
+
+Cursor = tuple[int, str]
+
+
+def cursor_text(cursor: Cursor) -> str:
+    """``<detected_at ms>:<session_id>``: the order signals are read in, and where to resume."""
+    return f"{cursor[0]}:{cursor[1]}"
+
+
+def cursor_of(r: Mapping[str, Any]) -> Cursor:
+    return int(r["detected_ms"]), str(r["session_id"])
+
+
+def stored_session_json(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of the sessions table (or a signal, which has its columns) as the API answers it."""
+    return {
+        "session_id": r["session_id"],
+        "person_id": r["person"],
+        "anonymous_id": "" if r["device"].startswith("user:") else r["device"],
+        "user_id": r["user_id"],
+        "channel": r["channel"],
+        "device": {"type": r["device_type"]},
+        "browser": r["browser"],
+        "os": r["os"],
+        "country": r["country"],
+        "network": r["network"],
+        "campaign": {"source": r["campaign_source"], "medium": r["campaign_medium"], "name": r["campaign_name"]},
+        "started_at": iso(r["start_ms"]),
+        "ended_at": iso(r["end_ms"]),
+        "duration_seconds": r["duration_ms"] / 1000,
+        "entry_touchpoint": r["entry_touchpoint"],
+        "exit_touchpoint": r["exit_touchpoint"],
+        "event_count": r["events"],
+        "pageviews": r["pageviews"],
+        "errors": r["errors"],
+        "response_ms": {"median": r["response_ms_median"], "max": r["response_ms_max"]},
+        "goals_reached": list(r["goals"]),
+    }
+
+
+def signal_json(r: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored signal as the API answers it."""
+    return {**stored_session_json(r), "detected_at": iso(r["detected_ms"]), "cursor": cursor_text(cursor_of(r))}
+
+
+def written_signal_json(signal: Mapping[str, Any]) -> dict[str, Any]:
+    """A signal as the sessionizer wrote it (times in epoch seconds), in the API's shape."""
+    return signal_json(
+        {
+            **signal,
+            "start_ms": round(signal["started_at"] * 1000),
+            "end_ms": round(signal["ended_at"] * 1000),
+            "detected_ms": round(signal["detected_at"] * 1000),
+        }
+    )
