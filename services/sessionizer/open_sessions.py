@@ -10,7 +10,9 @@ whose person changed are rewritten. Rows carry a
 version (``ReplacingMergeTree(version, is_deleted)``); queries read ``FINAL``.
 
 Called by the pipeline after the batch's events and links are stored, in one thread at
-a time; the in-memory state changes only once the rows are written.
+a time; the in-memory state changes only once the rows are written. A held session whose
+timeout passes without a goal is written to ``abandonments`` as it happens: the real-time
+abandonment signals (by the newest event time after a batch, by the clock when idle).
 """
 
 from __future__ import annotations
