@@ -365,13 +365,17 @@ def funnel(
         for k in range(2, n + 1)
     )
     counts = ", ".join(f"countIf(level >= {k}) AS c{k}" for k in range(1, n + 1))
+    # Only events that match a step change a unit's level or its chain: the rest are left out
+    # before grouping (most of a site's events, on real traffic). Not with a breakdown, whose
+    # value is the unit's first event of any kind.
+    only_steps = "" if breakdown else f" WHERE ({mask}) != 0"
     sql = f"""
     WITH {base_sql(params, source, sessions=scope == "session")},
     units AS (
         SELECT {unit} AS unit, {dim} AS dim,
             windowFunnel({{window_ms:UInt64}})(toUInt64(ts), {conds}) AS level,
             arraySort(x -> x.1, groupArrayIf((ts, {mask}), ({mask}) != 0)) AS evs
-        FROM base GROUP BY unit
+        FROM base{only_steps} GROUP BY unit
     ),
     chains AS (
         SELECT dim, level,
