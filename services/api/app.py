@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from services.core.events import iso
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects
-from services.core.signals import Cursor, signal_json, stored_session_json
+from services.core.signals import Cursor, cursor_text, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
 
 from . import examples
@@ -48,6 +48,17 @@ def _instant(value: str | datetime | None, field: str, default: datetime) -> int
         except ValueError:
             raise HTTPException(422, f"{field}: not an ISO 8601 time") from None
     return ms(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+def _start_cursor(after: str | None, since: str | None, last_event_id: str | None = None) -> Cursor:
+    """Where a listing or stream of signals starts: a cursor the API gave, else an instant
+    (default an hour ago): (that ms - 1, "~") comes before every signal noticed at that ms or
+    later, since "~" sorts after any session id."""
+    if last_event_id:  # an EventSource reconnecting says where it was
+        return parse_cursor(last_event_id, "Last-Event-ID")
+    if after:
+        return parse_cursor(after, "after")
+    return _instant(since, "since", datetime.now(UTC) - timedelta(hours=1)) - 1, "~"
 
 
 class QueryApi:
@@ -238,15 +249,6 @@ class QueryApi:
         )
         return {"sessions": [stored_session_json(r) for r in rows], "count": len(rows)}
 
-    def _after(self, after: str | None, since: str | None, last_event_id: str | None = None) -> Cursor:
-        """Where a listing or stream starts: a cursor the API gave, else an instant (default: now
-        for a stream, an hour ago for a listing)."""
-        if last_event_id:  # an EventSource reconnecting says where it was
-            return parse_cursor(last_event_id, "Last-Event-ID")
-        if after:
-            return parse_cursor(after, "after")
-        return _instant(since, "since", datetime.now(UTC) - timedelta(hours=1)) - 1, "~"  # after all of ms - 1
-
     async def abandonments(
         self,
         request: Request,
@@ -257,10 +259,10 @@ class QueryApi:
         """Sessions that timed out without reaching one of the project's goals, oldest first,
         each once. Poll with `after` = the `next` of the previous answer."""
         project = project_for(request, self.projects)
-        start = self._after(after, since)
+        start = _start_cursor(after, since)
         rows = await self._call(signals_after, self.warehouse, project.id, start, limit)
         signals = [signal_json(r) for r in rows]
-        return {"abandonments": signals, "next": signals[-1]["cursor"] if signals else f"{start[0]}:{start[1]}"}
+        return {"abandonments": signals, "next": signals[-1]["cursor"] if signals else cursor_text(start)}
 
     async def abandonment_stream(
         self,
@@ -271,7 +273,7 @@ class QueryApi:
     ) -> StreamingResponse:
         """`text/event-stream`: one `abandonment` event per signal, its `id` the cursor."""
         project = project_for(request, self.projects)
-        start = self._after(after, since or datetime.now(UTC).isoformat(), last_event_id)
+        start = _start_cursor(after, since or datetime.now(UTC).isoformat(), last_event_id)
 
         async def fetch(cursor: Cursor) -> list[dict[str, Any]]:
             return await self._call(signals_after, self.warehouse, project.id, cursor, 1000)
