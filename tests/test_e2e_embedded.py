@@ -488,7 +488,7 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
                 "timestamp": ago(45),
                 "context": {"page": {"path": "/"}},
             },
-            {"event_id": uid("e"), "anonymous_id": dev, "timestamp": ago(44), **last},
+            {"event_id": uid("e"), "anonymous_id": dev, "user_id": f"u-{dev}", "timestamp": ago(44), **last},
         ]
 
     assert up.post_batch(visit(left) + visit(bought, goal=True)).status_code == 200
@@ -503,7 +503,7 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
     body = wait_for(listed, 30, "the abandonment signal")
     mine = [s for s in body["abandonments"] if s["anonymous_id"] in (left, bought)]
     assert len(mine) == 1 and mine[0]["exit_touchpoint"] == "page /cart" and mine[0]["goals_reached"] == []
-    assert mine[0]["person_id"] == left and mine[0]["event_count"] == 2
+    assert mine[0]["person_id"] == f"u-{left}" and mine[0]["event_count"] == 2
     # Nothing after the last cursor yet, for this device.
     after = httpx.get(f"{up.url}/v1/abandonments", params={"after": body["next"]}, headers=headers, timeout=10)
     assert left not in {s["anonymous_id"] for s in after.json()["abandonments"]}
@@ -536,6 +536,20 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
         r = httpx.get(f"{up.url}/v1/abandonments/stream", params=params, headers={**headers, **extra}, timeout=10)
         assert r.status_code == 422 and field in r.text, r.text
     assert httpx.get(f"{up.url}/v1/abandonments/stream", timeout=10).status_code == 401
+    # The person comes back on another device and buys: not a loss. The signal comes again,
+    # marked recovered, after the cursor of everything read so far.
+    phone = uid("phone")
+    buyer = [
+        {"type": "track", "name": "Order Completed", "anonymous_id": phone, "user_id": f"u-{left}", "channel": "app"}
+    ]
+    assert up.post_batch(buyer).status_code == 200
+
+    def recovery() -> dict[str, Any] | None:
+        r = httpx.get(f"{up.url}/v1/abandonments", params={"after": first["id"]}, headers=headers, timeout=10)
+        return next((s for s in r.json()["abandonments"] if s["session_id"] == first["data"]["session_id"]), None)
+
+    recovered = wait_for(recovery, 30, "the recovery")
+    assert recovered["kind"] == "recovery" and recovered["recovered"]["channel"] == "app"
     # `touchpoint abandonments` follows the stream in a terminal, one JSON line per signal.
     follow = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "abandonments", "--since", since],

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from services.core.identity import Link, device_owner, events_of_person, is_placeholder, links_in, person_of
 from services.core.schema import ABANDONMENT_COLUMNS
-from services.core.sessions import abandonment_signal, sessionize, summarize
+from services.core.sessions import abandonment_signal, recovered_signal, sessionize, summarize
 
 MIN = 60_000
 
@@ -181,3 +181,19 @@ def test_a_timed_out_session_abandons_only_without_a_goal_and_while_recent() -> 
     assert abandonment_signal(buying.row([], goals, 7), goals, now, 24 * 60 * MIN) is None  # converted
     assert abandonment_signal(browsing.row([], (), 7), (), now, 24 * 60 * MIN) is None  # no goals: nothing to abandon
     assert abandonment_signal(browsing.row([], goals, 7), goals, now, 30 * MIN) is None  # too late to act on
+
+
+def test_an_abandoned_session_is_recovered_by_a_goal_in_a_later_session_only() -> None:
+    now = 1_800_000_000_000
+    (left,) = summarize([ev("1", now - 50 * MIN), ev("2", now - 40 * MIN)], 30 * MIN)
+    goals = ("Buy",)
+    signal = abandonment_signal(left.row([], goals, 1), goals, now, 24 * 60 * MIN)
+    assert signal is not None and signal["recovered_at"] is None
+    (bought,) = summarize([ev("3", now - 5 * MIN, anon="phone", channel="app", type="track", name="Buy")], 30 * MIN)
+    recovered = recovered_signal(signal, bought.row([], goals, 2), now + 1000)
+    assert recovered is not None and tuple(recovered) == ABANDONMENT_COLUMNS
+    assert recovered["recovered_at"] == (now - 5 * MIN) / 1000 and recovered["recovered_channel"] == "app"
+    assert recovered["detected_at"] == (now + 1000) / 1000 and recovered["session_id"] == left.session_id
+    assert recovered_signal(recovered, bought.row([], goals, 2), now) is None  # recovered once
+    (earlier,) = summarize([ev("4", now - 60 * MIN, anon="tab", type="track", name="Buy")], 30 * MIN)
+    assert recovered_signal(signal, earlier.row([], goals, 2), now) is None  # bought before leaving

@@ -309,3 +309,13 @@ def test_a_session_that_times_out_without_a_goal_is_signalled_once(chdb_path: Pa
     current.write(batch, decode(batch))
     assert current.sessions.idle() == 0
     assert len(signals()) == 1
+    # The person comes back and buys in a later session: the signal is rewritten as recovered.
+    batch = records_of([event(6, "gone", 2), event(7, "gone", 1, GOAL)], project, received)
+    current.write(batch, decode(batch))
+    (recovered,) = wh.rows(
+        "SELECT device, toUnixTimestamp64Milli(recovered_at) AS at, recovered_channel FROM abandonments FINAL "
+        "WHERE project = {p:String}",
+        {"p": project},
+    )
+    goal_at = int((now - timedelta(minutes=1)).timestamp() * 1000)
+    assert recovered == {"device": "gone", "at": goal_at, "recovered_channel": "web"}

@@ -144,8 +144,10 @@ SESSIONS = {
 ABANDONMENTS = {
     "abandonments": [
         {
+            "kind": "abandonment",
             **SESSION,
             "detected_at": "2026-11-22T09:34:11.250Z",
+            "recovered": None,
             "cursor": "1795253651250:4563cb83-b736-5066-a81d-6c176c2fd5ce",
         }
     ],
@@ -156,6 +158,11 @@ ABANDONMENT_STREAM = (
     ": abandonment signals\n\n"
     "id: 1795253651250:4563cb83-b736-5066-a81d-6c176c2fd5ce\n"
     "event: abandonment\n"
-    'data: {"session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", "person_id": "user-42", '
-    '"exit_touchpoint": "page /search", "goals_reached": [], "detected_at": "2026-11-22T09:34:11.250Z", ...}\n\n'
+    'data: {"kind": "abandonment", "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", "person_id": "user-42", '
+    '"exit_touchpoint": "page /search", "goals_reached": [], "detected_at": "2026-11-22T09:34:11.250Z", '
+    '"recovered": null, ...}\n\n'
+    "id: 1795257251800:4563cb83-b736-5066-a81d-6c176c2fd5ce\n"
+    "event: recovery\n"
+    'data: {"kind": "recovery", "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", ... '
+    '"recovered": {"at": "2026-11-22T10:31:40.120Z", "channel": "app"}, ...}\n\n'
 )

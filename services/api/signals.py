@@ -24,7 +24,7 @@ KEEPALIVE_SECONDS = 15.0
 
 _SIGNALS_SQL = """
 SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms,
-       toUnixTimestamp64Milli(detected_at) AS detected_ms
+       toUnixTimestamp64Milli(detected_at) AS detected_ms, toUnixTimestamp64Milli(recovered_at) AS recovered_ms
 FROM abandonments FINAL
 WHERE project = {project:String}
   AND (toUnixTimestamp64Milli(detected_at), session_id) > ({after_ms:Int64}, {after_session:String})
@@ -62,8 +62,9 @@ async def event_stream(
         rows = await fetch(after)
         for r in rows:
             after = cursor_of(r)
-            data = orjson.dumps(signal_json(r))
-            yield b"id: " + cursor_text(after).encode() + b"\nevent: abandonment\ndata: " + data + b"\n\n"
+            signal = signal_json(r)
+            event = b"\nevent: " + signal["kind"].encode() + b"\ndata: "
+            yield b"id: " + cursor_text(after).encode() + event + orjson.dumps(signal) + b"\n\n"
         if rows:
             quiet = 0.0
             continue

@@ -97,7 +97,12 @@ SESSION_COLUMNS: Final = (
     "is_deleted",
 )
 # An abandonment signal: the session's row as it timed out, and when that was noticed.
-ABANDONMENT_COLUMNS: Final = (*(c for c in SESSION_COLUMNS if c not in ("version", "is_deleted")), "detected_at")
+ABANDONMENT_COLUMNS: Final = (
+    *(c for c in SESSION_COLUMNS if c not in ("version", "is_deleted")),
+    "detected_at",
+    "recovered_at",
+    "recovered_channel",
+)
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
@@ -282,6 +287,19 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             ORDER BY (project, session_id)
             TTL toDateTime(detected_at) + INTERVAL 30 DAY
             """,
+        ),
+    ),
+    Migration(
+        6,
+        "abandonment recoveries",
+        (
+            f"""
+            ALTER TABLE abandonments
+                ADD COLUMN IF NOT EXISTS recovered_at Nullable({TS})
+                    COMMENT 'when the person reached a goal after all (any device or channel); the row is rewritten',
+                ADD COLUMN IF NOT EXISTS recovered_channel LowCardinality(String) COMMENT 'the channel of that goal'
+            """,
+            "ALTER TABLE abandonments ADD INDEX IF NOT EXISTS idx_person person TYPE bloom_filter GRANULARITY 1",
         ),
     ),
 )

@@ -367,9 +367,24 @@ def abandonment_signal(
     (a backlog read after downtime) is too late to act on."""
     if not goals or row["goals"] or now_ms - row["ended_at"] * 1000 > max_age_ms:
         return None
-    signal = {name: row[name] for name in ABANDONMENT_COLUMNS if name != "detected_at"}
-    signal["detected_at"] = now_ms / 1000
+    signal = {name: row[name] for name in ABANDONMENT_COLUMNS if name in row}
+    signal.update(detected_at=now_ms / 1000, recovered_at=None, recovered_channel="")
     return signal
+
+
+def recovered_signal(signal: Mapping[str, Any], goal_session: Mapping[str, Any], now_ms: int) -> dict[str, Any] | None:
+    """The signal again, marked recovered, when the person reached a goal in a session that ended
+    after the abandoned one (on any device or channel: left the app, bought on the web); None
+    when that session does not come after it or the signal is recovered already. Times in
+    epoch seconds, as in the rows."""
+    if signal["recovered_at"] is not None or goal_session["ended_at"] <= signal["ended_at"]:
+        return None
+    return {
+        **{name: signal[name] for name in ABANDONMENT_COLUMNS},
+        "detected_at": now_ms / 1000,
+        "recovered_at": goal_session["ended_at"],
+        "recovered_channel": goal_session["channel"],
+    }
 
 
 def session_person(user_id: str, device: str, started_at: int, links: Sequence[Link]) -> str:

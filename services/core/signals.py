@@ -51,8 +51,16 @@ def stored_session_json(r: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def signal_json(r: Mapping[str, Any]) -> dict[str, Any]:
-    """A stored signal as the API answers it."""
-    return {**stored_session_json(r), "detected_at": iso(r["detected_ms"]), "cursor": cursor_text(cursor_of(r))}
+    """A stored signal as the API answers it: ``kind`` is ``abandonment``, or ``recovery`` once
+    the person reached a goal later (the same session again, with where and when)."""
+    recovered = r.get("recovered_ms")
+    return {
+        "kind": "abandonment" if recovered is None else "recovery",
+        **stored_session_json(r),
+        "detected_at": iso(r["detected_ms"]),
+        "recovered": None if recovered is None else {"at": iso(recovered), "channel": r["recovered_channel"]},
+        "cursor": cursor_text(cursor_of(r)),
+    }
 
 
 def written_signal_json(signal: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,5 +71,6 @@ def written_signal_json(signal: Mapping[str, Any]) -> dict[str, Any]:
             "start_ms": round(signal["started_at"] * 1000),
             "end_ms": round(signal["ended_at"] * 1000),
             "detected_ms": round(signal["detected_at"] * 1000),
+            "recovered_ms": None if signal["recovered_at"] is None else round(signal["recovered_at"] * 1000),
         }
     )

@@ -36,6 +36,7 @@ from services.core.sessions import (
     abandonment_signal,
     device_of,
     event_key,
+    recovered_signal,
     session_person,
     span_to_recompute,
     summarize,
@@ -56,6 +57,10 @@ OPEN_SESSIONS = Gauge(
 
 ABANDONMENTS = Counter(
     "touchpoint_sessionizer_abandonments_total", "Sessions that timed out without reaching a goal (signals written)"
+)
+RECOVERIES = Counter(
+    "touchpoint_sessionizer_abandonment_recoveries_total",
+    "Abandoned sessions whose person reached a goal later (signals rewritten as recovered)",
 )
 SIGNALS_LOST = Counter(
     "touchpoint_sessionizer_abandonment_signals_lost_total", "Abandonment signals that could not be written"
@@ -146,7 +151,9 @@ class OpenSessions:
                 self._held.pop(key, None)
             raise
         SESSIONS_WRITTEN.inc(len(rows))
+        self._find_recoveries(rows)
         if generation != self._generation:
+            self._write_signals()
             return len(rows)
         for key, state in updates.items():
             if state is None:
@@ -174,6 +181,33 @@ class OpenSessions:
         self._signal_timeouts()
         self._sweep()
         return self._write_signals()
+
+    def _find_recoveries(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Signals of the last day whose person has now reached a goal in a later session, on any
+        device or channel, come again marked recovered (abandoned in the app, bought on the web:
+        not a loss). One read per project, only for batches with goal sessions; best effort."""
+        buyers: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for row in rows:
+            if row["goals"] and not row["is_deleted"] and self._goals.get(row["project"]):
+                key = (row["project"], row["person"])
+                if key not in buyers or row["ended_at"] > buyers[key]["ended_at"]:
+                    buyers[key] = row
+        if not buyers:
+            return
+        now = time.time_ns() // 1_000_000
+        for project in {p for p, _ in buyers}:
+            persons = sorted(person for p, person in buyers if p == project)
+            try:
+                stored = self.warehouse.rows(
+                    _OPEN_SIGNALS_SQL, {"project": project, "persons": persons, "since": now - SIGNAL_MAX_AGE_MS}
+                )
+            except Exception as exc:
+                log.warning("abandonment recoveries not looked up", extra={"error": repr(exc)[:300]})
+                continue
+            for signal in stored:
+                recovered = recovered_signal({**signal, "recovered_at": None}, buyers[(project, signal["person"])], now)
+                if recovered is not None:
+                    self._signals.append(recovered)
 
     def _watch(self, key: tuple[str, str], state: _Device) -> None:
         if key not in self._queued and self._goals.get(key[0]):
@@ -213,7 +247,9 @@ class OpenSessions:
             SIGNALS_LOST.inc(len(signals))
             log.warning("abandonment signals not written", extra={"signals": len(signals), "error": repr(exc)[:300]})
             return 0
-        ABANDONMENTS.inc(len(signals))
+        recovered = sum(1 for s in signals if s["recovered_at"] is not None)
+        ABANDONMENTS.inc(len(signals) - recovered)
+        RECOVERIES.inc(recovered)
         if self.on_signals is not None:
             self.on_signals(signals)
         return len(signals)
@@ -376,6 +412,20 @@ class OpenSessions:
             del self._held[key]
         OPEN_SESSIONS.set(len(self._held))
 
+
+# Signals of these persons not yet recovered, noticed since then, with times in epoch seconds.
+_OPEN_SIGNALS_SQL = f"""
+SELECT {
+    ", ".join(
+        f"toUnixTimestamp64Milli({c}) / 1000 AS {c}" if c in ("started_at", "ended_at", "detected_at") else c
+        for c in ABANDONMENT_COLUMNS
+        if c != "recovered_at"
+    )
+}
+FROM abandonments FINAL
+WHERE project = {{project:String}} AND person IN {{persons:Array(String)}} AND recovered_at IS NULL
+  AND detected_at >= fromUnixTimestamp64Milli({{since:Int64}})
+"""
 
 _YEAR_2100_MS = 4_102_444_800_000
 _STORED_EVENTS_SQL = f"""

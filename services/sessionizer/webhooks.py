@@ -88,11 +88,11 @@ class WebhookSender:
                 await self._deliver(client, project, payload)
 
     async def _deliver(self, client: httpx.AsyncClient, project: Project, payload: dict[str, Any]) -> None:
-        body = orjson.dumps({"type": "abandonment", "project": project.id, "signal": payload})
+        body = orjson.dumps({"type": payload["kind"], "project": project.id, "signal": payload})
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "Touchpoint-Webhooks/1",
-            "X-Touchpoint-Event": "abandonment",
+            "X-Touchpoint-Event": payload["kind"],
             "X-Touchpoint-Delivery": payload["cursor"],
         }
         if project.webhook_secret:
