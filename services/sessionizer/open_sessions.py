@@ -151,8 +151,8 @@ class OpenSessions:
                 self._held.pop(key, None)
             raise
         SESSIONS_WRITTEN.inc(len(rows))
-        self._find_recoveries(rows)
         if generation != self._generation:
+            self._find_recoveries(rows)
             self._write_signals()
             return len(rows)
         for key, state in updates.items():
@@ -167,6 +167,8 @@ class OpenSessions:
             self._newest_ts = max(self._newest_ts, newest)
         self._signal_timeouts()
         self._sweep()
+        self._write_signals()
+        self._find_recoveries(rows)  # after: a signal of this very batch can be recovered by it too
         self._write_signals()
         return len(rows)
 
