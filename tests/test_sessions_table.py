@@ -319,3 +319,32 @@ def test_a_session_that_times_out_without_a_goal_is_signalled_once(chdb_path: Pa
     )
     goal_at = int((now - timedelta(minutes=1)).timestamp() * 1000)
     assert recovered == {"device": "gone", "at": goal_at, "recovered_channel": "web"}
+
+
+def test_a_device_back_after_its_timeout_gets_its_previous_session_signalled_once(
+    chdb_path: Path, tmp_path: Path
+) -> None:
+    """The session timed out, but no batch or idle tick showed it before the device came back:
+    the batch that opens its next session signals it, once."""
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"st{next(_projects)}"
+    now = datetime.now(UTC)
+    received = int(now.timestamp() * 1000)
+
+    def page(i: int, minutes_ago: float) -> dict[str, Any]:
+        at = (now - timedelta(minutes=minutes_ago)).isoformat()
+        return {"event_id": f"e{i}", "anonymous_id": "back", "timestamp": at, "type": "page"}
+
+    current = pipeline(wh, tmp_path, project)
+    for batch in (
+        records_of([page(1, 45), page(2, 44)], project, received),
+        records_of([page(3, 1)], project, received),
+    ):
+        current.write(batch, decode(batch))
+    signals = wh.rows(
+        "SELECT device, events FROM abandonments FINAL WHERE project = {p:String}",
+        {"p": project},
+    )
+    assert signals == [{"device": "back", "events": 2}]
+    assert current.sessions is not None and current.sessions.idle() == 0  # not again when its timeout shows

@@ -136,10 +136,11 @@ class OpenSessions:
             by_device.setdefault((str(event["project"]), device_of(event)), []).append(event)
         rows: list[dict[str, Any]] = []
         updates: dict[tuple[str, str], _Device | None] = {}
+        timed_out: list[dict[str, Any]] = []  # signalled once the rows are written
         slow: dict[str, list[tuple[str, list[Mapping[str, Any]]]]] = {}
         for key, device_events in by_device.items():
             device_events.sort(key=event_key)
-            if not self._extend(key, device_events, rows, updates):
+            if not self._extend(key, device_events, rows, updates, timed_out):
                 slow.setdefault(key[0], []).append((key[1], device_events))
         for project, items in slow.items():
             RECOMPUTED.inc(len(items))
@@ -151,6 +152,7 @@ class OpenSessions:
                 self._held.pop(key, None)
             raise
         SESSIONS_WRITTEN.inc(len(rows))
+        self._signals.extend(timed_out)
         if generation != self._generation:
             self._find_recoveries(rows)
             self._write_signals()
@@ -262,9 +264,12 @@ class OpenSessions:
         events: list[Mapping[str, Any]],
         rows: list[dict[str, Any]],
         updates: dict[tuple[str, str], _Device | None],
+        signals: list[dict[str, Any]],
     ) -> bool:
         """The cheap path: every event extends the device's newest session, opens the next one, or
-        falls inside it (out of order by a little, as concurrent requests of one device arrive)."""
+        falls inside it (out of order by a little, as concurrent requests of one device arrive).
+        A session the device left for longer than the timeout before it came back timed out: it
+        is signalled here when the clock had not yet shown it (both in one batch)."""
         state = self._held.get(key)
         if state is None:
             return False
@@ -295,8 +300,16 @@ class OpenSessions:
         version = self._version(state.version)
         links = _links(device, state.links)
         goals = self._goals.get(project, ())
-        rows.extend(s.row(links, goals, version) for s in touched)
+        written = [s.row(links, goals, version) for s in touched]
+        rows.extend(written)
         updates[key] = _Device(touched[-1], state.links, version)
+        if goals:  # sessions this batch shows timed out before the device came back
+            now = time.time_ns() // 1_000_000
+            for i, (session, row) in enumerate(zip(touched[:-1], written, strict=False)):
+                if touched[i + 1].started_at > session.ended_at + timeout and not (i == 0 and state.signalled):
+                    signal = abandonment_signal(row, goals, now, SIGNAL_MAX_AGE_MS)
+                    if signal is not None:
+                        signals.append(signal)
         return True
 
     def rebuild(self, project: str, devices: Sequence[str]) -> int:
