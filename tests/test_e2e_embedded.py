@@ -494,8 +494,14 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
     assert up.post_batch(visit(left) + visit(bought, goal=True)).status_code == 200
     headers = {"Authorization": f"Bearer {API_KEY}"}
 
+    def listing(**params: str) -> httpx.Response:
+        return httpx.get(f"{up.url}/v1/abandonments", params=params, headers=headers, timeout=10)
+
+    def devices_after(cursor: str) -> set[str]:
+        return {s["anonymous_id"] for s in listing(after=cursor).json()["abandonments"]}
+
     def listed() -> dict[str, Any] | None:
-        r = httpx.get(f"{up.url}/v1/abandonments", params={"since": since}, headers=headers, timeout=10)
+        r = listing(since=since)
         assert r.status_code == 200, r.text
         body: dict[str, Any] = r.json()
         return body if left in {s["anonymous_id"] for s in body["abandonments"]} else None
@@ -505,8 +511,7 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
     assert len(mine) == 1 and mine[0]["exit_touchpoint"] == "page /cart" and mine[0]["goals_reached"] == []
     assert mine[0]["person_id"] == f"u-{left}" and mine[0]["event_count"] == 2
     # Nothing after the last cursor yet, for this device.
-    after = httpx.get(f"{up.url}/v1/abandonments", params={"after": body["next"]}, headers=headers, timeout=10)
-    assert left not in {s["anonymous_id"] for s in after.json()["abandonments"]}
+    assert left not in devices_after(body["next"])
 
     # The stream from the same instant brings the same signal, its id the cursor ...
     first = next_streamed(up, {"since": since}, {}, {left})
@@ -514,23 +519,10 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
     # ... and an EventSource reconnecting with Last-Event-ID gets what came after it (even what
     # was noticed before it reconnected), not that signal again.
     assert up.post_batch(visit(later)).status_code == 200
-    wait_for(
-        lambda: (
-            later
-            in {
-                s["anonymous_id"]
-                for s in httpx.get(
-                    f"{up.url}/v1/abandonments", params={"after": first["id"]}, headers=headers, timeout=10
-                ).json()["abandonments"]
-            }
-            or None
-        ),
-        30,
-        "the second signal",
-    )
+    wait_for(lambda: later in devices_after(first["id"]) or None, 30, "the second signal")
     resumed = next_streamed(up, {}, {"Last-Event-ID": first["id"]}, {left, later})
     assert resumed["data"]["anonymous_id"] == later
-    r = httpx.get(f"{up.url}/v1/abandonments", params={"after": "yesterday"}, headers=headers, timeout=10)
+    r = listing(after="yesterday")
     assert r.status_code == 422 and "after" in r.text
     for params, extra, field in (({}, {"Last-Event-ID": "x"}, "Last-Event-ID"), ({"since": "soon"}, {}, "since")):
         r = httpx.get(f"{up.url}/v1/abandonments/stream", params=params, headers={**headers, **extra}, timeout=10)
@@ -545,8 +537,8 @@ def test_a_session_that_times_out_without_the_goal_is_signalled_as_it_happens(up
     assert up.post_batch(buyer).status_code == 200
 
     def recovery() -> dict[str, Any] | None:
-        r = httpx.get(f"{up.url}/v1/abandonments", params={"after": first["id"]}, headers=headers, timeout=10)
-        return next((s for s in r.json()["abandonments"] if s["session_id"] == first["data"]["session_id"]), None)
+        signals = listing(after=first["id"]).json()["abandonments"]
+        return next((s for s in signals if s["session_id"] == first["data"]["session_id"]), None)
 
     recovered = wait_for(recovery, 30, "the recovery")
     assert recovered["kind"] == "recovery" and recovered["recovered"]["channel"] == "app"

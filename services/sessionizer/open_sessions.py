@@ -153,22 +153,19 @@ class OpenSessions:
             raise
         SESSIONS_WRITTEN.inc(len(rows))
         self._signals.extend(timed_out)
-        if generation != self._generation:
-            self._find_recoveries(rows)
-            self._write_signals()
-            return len(rows)
-        for key, state in updates.items():
-            if state is None:
-                self._held.pop(key, None)
-            else:
-                self._held[key] = state
-                self._held.move_to_end(key)
-                self._watch(key, state)
-        if events:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
-            newest = min(max(int(e["timestamp"]) for e in events), time.time_ns() // 1_000_000)
-            self._newest_ts = max(self._newest_ts, newest)
-        self._signal_timeouts()
-        self._sweep()
+        if generation == self._generation:  # else a rebalance let go of these devices meanwhile
+            for key, state in updates.items():
+                if state is None:
+                    self._held.pop(key, None)
+                else:
+                    self._held[key] = state
+                    self._held.move_to_end(key)
+                    self._watch(key, state)
+            if events:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
+                newest = min(max(int(e["timestamp"]) for e in events), time.time_ns() // 1_000_000)
+                self._newest_ts = max(self._newest_ts, newest)
+            self._signal_timeouts()
+            self._sweep()
         self._write_signals()
         self._find_recoveries(rows)  # after: a signal of this very batch can be recovered by it too
         self._write_signals()
