@@ -10,7 +10,7 @@ import orjson
 
 from services.core.eventlog import EmbeddedLog, LogRecord
 from services.core.events import normalize, now_ms
-from services.core.schema import EVENT_COLUMNS, MIGRATIONS
+from services.core.schema import CHANNEL_ID, EVENT_COLUMNS, MIGRATIONS, TOUCHPOINT_ID
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
 from services.sessionizer.rows import event_row, event_values_json
@@ -153,3 +153,36 @@ def test_a_final_query_over_a_time_range_reads_only_the_months_it_covers(chdb_pa
     assert read and minmax, plan
     assert int(read[1]) == 1 and int(minmax[1]) == 1 and int(minmax[2]) >= 12, plan
     assert wh.rows(f"SELECT event_id FROM events FINAL WHERE {week}") == [{"event_id": "e10"}]
+
+
+def test_touchpoint_names_come_from_every_insert_and_from_events_stored_before(chdb_path: Path) -> None:
+    """Analyses name the touchpoint ids of an answer through ``touchpoints``: a materialized view
+    fills it on each insert into events, and migration 7 filled it from the events already stored."""
+    wh = Warehouse(f"chdb://{chdb_path}", "test")
+    wh.migrate()
+
+    def write(raw: dict[str, Any]) -> None:
+        row = event_values_json(event_row(stored({"anonymous_id": "tp-dev", **raw}, "tp")))
+        wh.insert_json("events", [row], EVENT_COLUMNS, fmt="JSONCompactEachRow")
+
+    def names() -> set[tuple[str, str]]:
+        rows = wh.rows(
+            "SELECT t.tp_text AS text, t.ch_text AS channel, count(e.tp_id) AS matching FROM touchpoints AS t "
+            f"LEFT JOIN (SELECT {TOUCHPOINT_ID} AS tp_id, {CHANNEL_ID} AS ch_id FROM events WHERE project = 'tp') AS e "
+            "ON t.tp_id = e.tp_id AND t.ch_id = e.ch_id WHERE t.project = 'tp' GROUP BY text, channel",
+            {},
+        )
+        assert all(r["matching"] > 0 for r in rows), rows  # each id is the id of its own text
+        return {(r["text"], r["channel"]) for r in rows}
+
+    write({"type": "page", "context": {"page": {"path": "/cart"}}, "event_id": "a", "channel": "web"})
+    write({"type": "track", "name": "Order Completed", "event_id": "b", "channel": "app"})
+    assert names() == {("page /cart", "web"), ("track Order Completed", "app")}
+
+    # A database whose events were stored before the view existed (migration 7 not yet applied).
+    wh.client.command("DROP TABLE touchpoints_of_events")
+    wh.client.command("DROP TABLE touchpoints")
+    wh.client.command("ALTER TABLE schema_migrations DELETE WHERE version = 7 SETTINGS mutations_sync = 1")
+    write({"type": "screen", "name": "Cart", "event_id": "c", "channel": "app"})
+    assert wh.migrate() == [7]
+    assert names() == {("page /cart", "web"), ("track Order Completed", "app"), ("screen Cart", "app")}

@@ -104,6 +104,19 @@ ABANDONMENT_COLUMNS: Final = (
     "recovered_channel",
 )
 
+# A touchpoint as every analysis names it: a page by its path, anything else by its type and name.
+# Analyses carry 64-bit ids (cheap in arrays) and turn the few ids an answer holds back into texts
+# through ``touchpoints``, which a materialized view fills from every insert into ``events``.
+# Changing these needs a new migration (the view and its backfill hold the old text).
+TOUCHPOINT_ID: Final = "if(type = 'page', cityHash64('page', path), cityHash64(toString(type), name))"
+TOUCHPOINT_TEXT: Final = "if(type = 'page', concat('page ', path), concat(toString(type), ' ', name))"
+CHANNEL_ID: Final = "cityHash64(channel)"
+
+_TOUCHPOINTS_OF_EVENTS: Final = f"""
+    SELECT project, {TOUCHPOINT_ID} AS tp_id, {CHANNEL_ID} AS ch_id,
+           any({TOUCHPOINT_TEXT}) AS tp_text, any(channel) AS ch_text
+    FROM events GROUP BY project, tp_id, ch_id"""
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,
@@ -300,6 +313,26 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
                 ADD COLUMN IF NOT EXISTS recovered_channel LowCardinality(String) COMMENT 'the channel of that goal'
             """,
             "ALTER TABLE abandonments ADD INDEX IF NOT EXISTS idx_person person TYPE bloom_filter GRANULARITY 1",
+        ),
+    ),
+    Migration(
+        7,
+        "touchpoint names",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS touchpoints (
+                project LowCardinality(String),
+                tp_id UInt64 COMMENT 'TOUCHPOINT_ID of services.core.schema',
+                ch_id UInt64 COMMENT 'CHANNEL_ID',
+                tp_text String COMMENT 'TOUCHPOINT_TEXT',
+                ch_text LowCardinality(String) COMMENT 'the channel'
+            )
+            ENGINE = ReplacingMergeTree
+            ORDER BY (project, tp_id, ch_id)
+            """,
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS touchpoints_of_events TO touchpoints AS {_TOUCHPOINTS_OF_EVENTS}",
+            # Events stored before the view: a row again for those the view also saw is harmless.
+            f"INSERT INTO touchpoints {_TOUCHPOINTS_OF_EVENTS}",
         ),
     ),
 )
