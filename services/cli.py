@@ -33,6 +33,11 @@ def _banner(settings: Settings, projects: Projects, source: str, created: bool) 
     for project in projects.items:
         lines += [
             f"  project {project.id!r}: write key {project.write_keys[0]}  api key {project.api_keys[0]}",
+            (
+                f"    goals {', '.join(project.goals)}: sessions that time out without one are abandonment signals"
+                if project.goals
+                else f"    no goals: set `goals` (e.g. [\"Order Completed\"]) in {source} for abandonment signals"
+            ),
         ]
     first = projects.items[0]
     lines += [

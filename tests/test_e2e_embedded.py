@@ -310,6 +310,7 @@ def test_default_project_keys_are_printed(tmp_path: Path) -> None:
         banner = proc.logs[0].read_text()
         assert "project 'default'" in banner and "write key wk_" in banner and "api key ak_" in banner
         assert "curl" in banner
+        assert "no goals: set `goals`" in banner  # the generated project has none: say how to get signals
         write_key = banner.split("write key ")[1].split()[0]
         api_key = banner.split("api key ")[1].split()[0]
         dev, eid = uid("d"), uid("e")

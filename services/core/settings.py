@@ -285,6 +285,8 @@ def load_projects(settings: Settings) -> tuple[Projects, Path, bool]:
                 f'write_keys = ["{write_key}"]\n'
                 f'api_keys = ["{api_key}"]\n'
                 'allowed_origins = ["*"]\n'
+                "# Sessions that time out without one of these events are abandonment signals\n"
+                "# (GET /v1/abandonments), e.g. goals = [\"Order Completed\"].\n"
                 "goals = []\n"
                 "session_timeout_minutes = 30\n"
             )

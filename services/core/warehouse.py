@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -106,12 +107,22 @@ class Warehouse:
             for migration in MIGRATIONS:
                 if migration.version in done:
                     continue
+                # Some fill a new table from the stored events: seconds on a large database.
+                log.info("applying migration", extra={"version": migration.version, "migration": migration.name})
+                started = time.monotonic()
                 for statement in migration.statements:
                     self.client.command(statement)
                 self.client.insert(
                     "schema_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
                 )
-                log.info("migration applied", extra={"version": migration.version, "migration": migration.name})
+                log.info(
+                    "migration applied",
+                    extra={
+                        "version": migration.version,
+                        "migration": migration.name,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
                 applied.append(migration.version)
             return applied
 
