@@ -21,11 +21,13 @@ BREAKDOWNS = ("channel", "browser", "os", "device_type", "country", "network")
 METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 
 # Each unit's event array holds tuples, read in SQL by position (1-based):
-# 1 ts, 2 touchpoint id, 3 channel id, 4 metric, 5 flags: bit 3 error, 2 is goal, 1 is marked
-# (start/touchpoint), 0 is an identify call (one column, not four: less to gather; the bits sort
-# as the four flags did). Touchpoints and channels travel as 64-bit ids, not texts: gathering ten
+# 1 ts, 2 touchpoint id, 3 channel id, 4 metric, 5 flags: the bits below (one column, not four:
+# less to gather; they weigh in this order so that events tied on time sort as four flags did).
+# Touchpoints and channels travel as 64-bit ids, not texts: gathering ten
 # million events' texts into arrays was a third of abandonment's time. ``NAMES_SQL`` turns the few
 # ids an answer holds back into texts.
+ERROR_BIT, GOAL_BIT, MARK_BIT, IDENTIFY_BIT = 3, 2, 1, 0  # MARK: the start (abandonment), the touchpoint (paths)
+NOT_GOAL_NOR_IDENTIFY = (1 << GOAL_BIT) | (1 << IDENTIFY_BIT)
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,9 @@ def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown
     units AS (
         SELECT {unit} AS unit, {dim} AS dim,
             arraySort(groupArray((ts, {TOUCHPOINT_ID}, {CHANNEL_ID}, {metric_expr(metric)},
-                                  toUInt8(8 * (error_kind != '') + 4 * ({goal_cond}) + 2 * ({mark_cond})
-                                          + (type = 'identify'))))) AS evs
+                                  toUInt8({1 << ERROR_BIT} * (error_kind != '') + {1 << GOAL_BIT} * ({goal_cond})
+                                          + {1 << MARK_BIT} * ({mark_cond}) + {1 << IDENTIFY_BIT} * (type = 'identify'))
+            ))) AS evs
         FROM base GROUP BY unit
     )"""
 
@@ -147,12 +150,13 @@ def abandonment(
     {units_sql(scope, goal_cond, start_cond or "1", "response_ms", breakdown)},
     j AS (
         SELECT unit, dim, evs,
-            {"arrayFirstIndex(x -> bitTest(x.5, 1), evs)" if has_start else "1"} AS si,
+            {f"arrayFirstIndex(x -> bitTest(x.5, {MARK_BIT}), evs)" if has_start else "1"} AS si,
             evs[si].1 AS start_ts,
             arrayFilter((x, i) -> i >= si AND x.1 <= start_ts + {{window_ms:Int64}}, evs, arrayEnumerate(evs)) AS win,
-            arrayFirstIndex(x -> bitTest(x.5, 2), win) AS gi,
+            arrayFirstIndex(x -> bitTest(x.5, {GOAL_BIT}), win) AS gi,
             gi > 0 AS converted,
-            arrayFilter(x -> bitAnd(x.5, 5) = 0, if(gi > 0, arraySlice(win, 1, gi - 1), win)) AS before,
+            arrayFilter(x -> bitAnd(x.5, {NOT_GOAL_NOR_IDENTIFY}) = 0,
+                        if(gi > 0, arraySlice(win, 1, gi - 1), win)) AS before,
             if(converted, win[gi].3, 0) AS goal_channel,
             (before[-1].2, before[-1].3) AS point,
             NOT converted AND notEmpty(before) AS abandoned,
@@ -174,8 +178,8 @@ def abandonment(
                quantileExactArrayIf(0.5)(arrayMap(x -> x.4, arrayFilter(x -> x.4 >= 0, at_point)), abandoned))
                 AS median_ms,
             if(kind = 'totals',
-               avgIf(arrayExists(x -> bitTest(x.5, 3), before), converted),
-               avgIf(arrayExists(x -> bitTest(x.5, 3), at_point), abandoned)) AS error_rate,
+               avgIf(arrayExists(x -> bitTest(x.5, {ERROR_BIT}), before), converted),
+               avgIf(arrayExists(x -> bitTest(x.5, {ERROR_BIT}), at_point), abandoned)) AS error_rate,
             if(kind = 'totals',
                avgIf(length(before) / greatest(1, length(arrayDistinct(arrayMap(x -> (x.2, x.3), before)))),
                      converted),
@@ -367,7 +371,7 @@ def funnel(
     only_steps = "" if breakdown else f" WHERE ({mask}) != 0"
     # The level is ClickHouse's windowFunnel over each unit's gathered events (arrayReduce): the
     # same function, without a second aggregate state per unit in the GROUP BY (a fifth of the time).
-    flags = ", ".join(f"arrayMap(x -> bitTest(x.2, {k}), evs)" for k in range(n))
+    step_flags = ", ".join(f"arrayMap(x -> bitTest(x.2, {k}), evs)" for k in range(n))
     sql = f"""
     WITH {base_sql(params, source, sessions=scope == "session")},
     units AS (
@@ -378,7 +382,7 @@ def funnel(
     chains AS (
         SELECT dim,
             arrayReduce(concat('windowFunnel(', toString({{window_ms:UInt64}}), ')'),
-                        arrayMap(x -> toUInt64(x.1), evs), {flags}) AS level,
+                        arrayMap(x -> toUInt64(x.1), evs), {step_flags}) AS level,
             arrayMap(s -> {fold}, arraySlice(arrayFilter(x -> bitTest(x.2, 0), evs), 1, 20)) AS tries,
             arrayFirst(c -> c.1 = arrayMax(arrayMap(t -> t.1, tries)), tries) AS best
         FROM units
@@ -424,11 +428,12 @@ def paths(
     WITH {base_sql(params, source, sessions=scope == "session")},
     {units_sql(scope, goal_cond or "0", touchpoint_cond, "response_ms", None)},
     unit_touchpoints AS (  -- identify calls are not touchpoints
-        SELECT arrayFilter(x -> NOT bitTest(x.5, 0), evs) AS evs FROM units
-        WHERE {"NOT arrayExists(x -> bitTest(x.5, 2), evs)" if goal_cond else "1"}
+        SELECT arrayFilter(x -> NOT bitTest(x.5, {IDENTIFY_BIT}), evs) AS evs FROM units
+        WHERE {f"NOT arrayExists(x -> bitTest(x.5, {GOAL_BIT}), evs)" if goal_cond else "1"}
     ),
     visits AS (
-        SELECT i, evs FROM unit_touchpoints ARRAY JOIN arrayFilter(i -> bitTest(evs[i].5, 1), arrayEnumerate(evs)) AS i
+        SELECT i, evs FROM unit_touchpoints
+        ARRAY JOIN arrayFilter(i -> bitTest(evs[i].5, {MARK_BIT}), arrayEnumerate(evs)) AS i
     ),
     around AS (  -- both directions from one pass: a UNION of two SELECTs from visits computed it twice
         SELECT direction,  -- id 0: the unit's end (next) or start (previous)
