@@ -21,6 +21,7 @@ from tests.harness import (
     API_KEY,
     OTHER_API_KEY,
     OTHER_WRITE_KEY,
+    WRITE_KEY,
     Proc,
     event_ids,
     journey_with,
@@ -359,6 +360,66 @@ def test_shared_device_switches_user_without_merging_and_is_reported(up: Proc) -
 
     found = wait_for(conflict, 30, "the shared device to be reported")
     assert [u["user_id"] for u in found["users"]] == [alice, bob]  # the placeholder never linked
+
+
+def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_user(up: Proc) -> None:
+    """DELETE /v1/persons/{id}: Alice's events on her three devices (before her login too), her
+    sessions, links and journey are gone from every answer; Bob, who logged in on her shared
+    device later, keeps his; her web device coming back starts afresh, not in her erased session."""
+    web, app, shared, alice, bob, cart = uid("web"), uid("app"), uid("shared"), uid("alice"), uid("bob"), uid("Cart")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def event(**fields: str) -> dict[str, str]:
+        return {"event_id": uid("e"), **fields}
+
+    alices = [
+        event(type="page", name="Home", anonymous_id=web, timestamp=ago(6)),  # before the login: hers too
+        event(type="identify", anonymous_id=web, user_id=alice, timestamp=ago(5)),
+        event(type="screen", name=cart, anonymous_id=app, user_id=alice, timestamp=ago(40)),
+        event(type="page", name="Deals", anonymous_id=shared, user_id=alice, timestamp=ago(60)),
+    ]
+    bobs = [
+        event(type="identify", anonymous_id=shared, user_id=bob, timestamp=ago(20)),
+        event(type="page", name="Deals", anonymous_id=shared, timestamp=ago(19)),
+    ]
+    assert up.post_batch(alices + bobs).status_code == 200
+    journey_with(up, alice, {e["event_id"] for e in alices})
+    journey_with(up, bob, {e["event_id"] for e in bobs})
+    for device, count in ((web, 1), (app, 1), (shared, 2)):
+        sessions_of(up, device, lambda s, n=count: len(s) == n)  # type: ignore[misc]
+
+    def funnel_count() -> int:
+        r = httpx.post(f"{up.url}/v1/funnels", json={"steps": [cart, "Order Completed"]}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        return int(r.json()["steps"][0]["count"])
+
+    assert funnel_count() == 1
+    write_key = {"Authorization": f"Bearer {WRITE_KEY}"}
+    assert httpx.delete(f"{up.url}/v1/persons/{alice}", headers=write_key).status_code == 401
+    r = httpx.delete(f"{up.url}/v1/persons/{web}", headers=auth, timeout=60)  # her device names her
+    assert r.status_code == 200, r.text
+    erased = r.json()
+    assert erased["person_id"] == alice and erased["deleted"] == {"events": 4, "sessions": 3}
+    assert sorted(erased["identities"]["anonymous_ids"]) == sorted([web, app, shared])
+
+    for identifier in (alice, web, app):
+        assert up.journey(identifier).status_code == 404, identifier
+    assert sorted(event_ids(up.journey(bob).json())) == sorted(e["event_id"] for e in bobs)
+    assert up.journey(shared).json()["person_id"] == bob
+    assert funnel_count() == 0
+    person_sessions = httpx.get(f"{up.url}/v1/sessions", params={"person": alice}, headers=auth, timeout=30)
+    assert person_sessions.json()["sessions"] == []
+    assert [s["person_id"] for s in sessions_of(up, shared, lambda s: len(s) == 1)] == [bob]
+    conflicts = httpx.get(f"{up.url}/v1/identity-conflicts", headers=auth, timeout=30).json()["conflicts"]
+    assert shared not in {c["anonymous_id"] for c in conflicts}  # Alice's link went with her
+
+    # Within the timeout of the erased session, which the sessionizer held in memory.
+    back = event(type="page", name="Back", anonymous_id=web, timestamp=ago(1))
+    assert up.post_batch([back]).status_code == 200
+    (again,) = sessions_of(up, web, lambda s: len(s) == 1 and s[0]["event_count"] == 1)
+    assert again["person_id"] == web and again["started_at"] == again["ended_at"]
+    assert event_ids(journey_with(up, web, {back["event_id"]})) == [back["event_id"]]
+    assert httpx.delete(f"{up.url}/v1/persons/{alice}", headers=auth, timeout=60).status_code == 404
 
 
 def test_another_user_logging_in_mid_session_starts_a_session_of_their_own(up: Proc) -> None:

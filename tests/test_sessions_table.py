@@ -348,3 +348,27 @@ def test_a_device_back_after_its_timeout_gets_its_previous_session_signalled_onc
     )
     assert signals == [{"device": "back", "events": 2}]
     assert current.sessions is not None and current.sessions.idle() == 0  # not again when its timeout shows
+
+
+def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path, tmp_path: Path) -> None:
+    """The sessionizer held the device's open session; after the erasure (DELETE /v1/persons) the
+    device's next event, within that session's timeout, must not bring the erased events' counts
+    back in a rewritten row: the next batch lets the erased devices go first."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"erase{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    first = records_of([raw_event(1, "er1", 0, "dora", 0), raw_event(2, "er1", 5, "", 0)], project)
+    p.write(first, decode(first))
+    assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(2, "dora")]
+    erased = erase_person(wh, project, "er1")  # the device names its owner
+    assert erased is not None and erased["person_id"] == "dora"
+    assert erased["deleted"] == {"events": 2, "sessions": 1}
+    assert stored_rows(wh, project) == []
+    back = records_of([raw_event(3, "er1", 10, "", 0)], project)
+    p.write(back, decode(back))
+    assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(1, "er1")]
+    assert erase_person(wh, "other-project", "er1") is None  # another project's data is not touched
+    assert len(stored_rows(wh, project)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ from services.core.warehouse import Warehouse
 from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
+from .erasure import erase_person
 from .journeys import load_journey, ms
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
 from .signals import event_stream, parse_cursor, signals_after
@@ -27,6 +29,8 @@ from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 
 T = TypeVar("T")
+
+log = logging.getLogger("touchpoint.api")
 
 
 def time_range(from_: str | datetime | None, to: str | datetime | None) -> tuple[int, int]:
@@ -146,6 +150,13 @@ class QueryApi:
                 "operations",
                 "Devices linked to more than one user id (shared devices); never merged",
             ),
+            (
+                "/v1/persons/{identifier}",
+                self.erase,
+                "DELETE",
+                "privacy",
+                "Erase a person: their events on every device, sessions, identity links and signals",
+            ),
         ]
         response_examples = {
             "/v1/journeys/{identifier}": examples.JOURNEY,
@@ -155,6 +166,7 @@ class QueryApi:
             "/v1/identity-conflicts": examples.CONFLICTS,
             "/v1/behaviour": examples.BEHAVIOUR,
             "/v1/abandonments": examples.ABANDONMENTS,
+            "/v1/persons/{identifier}": examples.ERASURE,
         }
         for path, endpoint, method, tag, summary in routes:
             example = response_examples.get(path)
@@ -337,6 +349,19 @@ class QueryApi:
                 for r in rows
             ]
         }
+
+    async def erase(self, request: Request, identifier: str) -> dict[str, Any]:
+        """The right to be forgotten: everything stored about the person ``identifier`` names (a
+        user id with every device linked to it, or a lone anonymous id; as ``GET /v1/journeys``
+        resolves it), gone from every answer at once. A device shared with another user keeps
+        that user's events. Events still on their way (see ``GET /v1/status``) are stored after
+        it: erase again once the lag is 0. Recorded in ``erasures`` without any event data."""
+        project = project_for(request, self.projects)
+        erased = await self._call(erase_person, self.warehouse, project.id, identifier)
+        if erased is None:
+            raise HTTPException(404, f"identifier: nothing is stored about {identifier!r}")
+        log.info("person erased", extra={"project": project.id, **erased["deleted"]})  # who: in erasures only
+        return erased
 
     def _source(self, project: Project, from_: str | datetime | None, to: str | datetime | None) -> Source:
         return Source(self.warehouse, project.id, *time_range(from_, to))

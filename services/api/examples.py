@@ -87,6 +87,14 @@ CONFLICTS = {
     ]
 }
 
+ERASURE = {
+    "person_id": "user-42",
+    "identified": True,
+    "identities": {"user_ids": ["user-42"], "anonymous_ids": ["3f0c2a9e-web", "app-7c1d"]},
+    "deleted": {"events": 318, "sessions": 12},
+    "erased_at": "2026-11-23T19:02:11.418Z",
+}
+
 BEHAVIOUR = {
     "by_hour": [
         {

@@ -6,6 +6,7 @@ stitching and sessionization rules of services.core, the same code every mode us
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,10 +43,18 @@ def _links(warehouse: Warehouse, project: str, where: str, params: dict[str, Any
     return [Link(r["anonymous_id"], r["user_id"], ms(r["first_seen"]), ms(r["last_seen"])) for r in rows]
 
 
-def load_journey(
-    warehouse: Warehouse, project: str, identifier: str, start_ms: int, end_ms: int, timeout_minutes: int
-) -> dict[str, Any] | None:
-    """The journey of the person ``identifier`` names, or None when nothing is known."""
+@dataclass(frozen=True)
+class Person:
+    """Whom an id names: a user id (with every device linked to it) or a lone device."""
+
+    person_id: str
+    is_user: bool
+    devices: list[str]  # anonymous ids: linked to the user, or the lone device itself
+    links: list[Link]  # every link of those devices, other users' too (a shared device)
+
+
+def resolve_person(warehouse: Warehouse, project: str, identifier: str) -> Person:
+    """The person ``identifier`` names, by the stitching rules of services.core.identity."""
     direct = _links(warehouse, project, "user_id = {id:String} OR anonymous_id = {id:String}", {"id": identifier})
     is_user = any(link.user_id == identifier for link in direct) or bool(
         warehouse.rows(
@@ -54,25 +63,36 @@ def load_journey(
         )
     )
     person = person_of(identifier, direct, {identifier} if is_user else set())
-    person_is_user = is_user or person != identifier
-    if person_is_user:
-        own = _links(warehouse, project, "user_id = {person:String}", {"person": person})
-        devices = sorted({link.anonymous_id for link in own})
-        links = (
-            _links(warehouse, project, "anonymous_id IN {devices:Array(String)}", {"devices": devices})
-            if devices
-            else []
-        )
-    else:
-        devices, links = [identifier], []
+    if not (is_user or person != identifier):
+        return Person(identifier, False, [identifier], [])
+    own = _links(warehouse, project, "user_id = {person:String}", {"person": person})
+    devices = sorted({link.anonymous_id for link in own})
+    links = (
+        _links(warehouse, project, "anonymous_id IN {devices:Array(String)}", {"devices": devices}) if devices else []
+    )
+    return Person(person, True, devices, links)
+
+
+# The stored events that may be a person's (their user id's, their devices'), before the rules
+# give a shared device's events to whoever owned it at the time.
+PERSON_EVENTS_WHERE = (
+    "project = {project:String} "
+    "AND ((user_id = {person:String} AND user_id != '') OR anonymous_id IN {devices:Array(String)})"
+)
+
+
+def load_journey(
+    warehouse: Warehouse, project: str, identifier: str, start_ms: int, end_ms: int, timeout_minutes: int
+) -> dict[str, Any] | None:
+    """The journey of the person ``identifier`` names, or None when nothing is known."""
+    who = resolve_person(warehouse, project, identifier)
+    person, person_is_user, devices, links = who.person_id, who.is_user, who.devices, who.links
     rows = warehouse.rows(
         # Of an event's resent copies the one written last counts, as `FINAL` picks it for every
         # other reader (copies may differ in time, even by month). Dedup before the time range, so a
         # superseded copy inside it cannot stand in for the kept one outside; as fast as the
         # earlier `LIMIT 1 BY event_id` by time, where `FINAL` took twice as long on a device.
-        f"SELECT * FROM (SELECT {_EVENT_FIELDS} FROM events "
-        "WHERE project = {project:String} "
-        "AND ((user_id = {person:String} AND user_id != '') OR anonymous_id IN {devices:Array(String)}) "
+        f"SELECT * FROM (SELECT {_EVENT_FIELDS} FROM events WHERE {PERSON_EVENTS_WHERE} "
         "ORDER BY inserted_at DESC LIMIT 1 BY anonymous_id, event_id) "
         "WHERE timestamp >= fromUnixTimestamp64Milli({start:Int64}) "
         "AND timestamp < fromUnixTimestamp64Milli({end:Int64}) "

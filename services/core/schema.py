@@ -335,6 +335,24 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             f"INSERT INTO touchpoints {_TOUCHPOINTS_OF_EVENTS}",
         ),
     ),
+    Migration(
+        8,
+        "erasures",
+        (
+            f"""
+            CREATE TABLE IF NOT EXISTS erasures (
+                project LowCardinality(String),
+                person String COMMENT 'the erased person: a user id, or a lone anonymous id',
+                devices Array(String) COMMENT 'sessionizer devices whose held state is let go',
+                events UInt64,
+                sessions UInt64,
+                erased_at {TS} DEFAULT now64(3) COMMENT 'the server clock: every process polls by it'
+            )
+            ENGINE = MergeTree
+            ORDER BY (project, erased_at)
+            """,
+        ),
+    ),
 )
 
 MIGRATIONS_TABLE: Final = f"""

@@ -169,6 +169,10 @@ class Warehouse:
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
 
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns no rows (a lightweight DELETE) with bound parameters."""
+        self.client.command(sql, parameters=dict(parameters or {}))
+
     def close(self) -> None:
         self.client.close()
 

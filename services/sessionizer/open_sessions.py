@@ -110,6 +110,7 @@ class OpenSessions:
         # entry per device, moved on lazily when the session grew since it was queued).
         self._deadlines: list[tuple[int, tuple[str, str]]] = []
         self._queued: set[tuple[str, str]] = set()
+        self._erased_since = 0  # newest erasure seen (ms, ClickHouse's clock)
 
     def timeout_ms(self, project: str) -> int:
         return self._timeouts.get(project, DEFAULT_TIMEOUT_MS)
@@ -130,6 +131,7 @@ class OpenSessions:
         """Blocking: fold the batch's (already stored) events into sessions; write the rows.
 
         Returns the number of session rows written."""
+        self._forget_erased()
         generation = self._generation
         by_device: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         for event in events:
@@ -178,10 +180,27 @@ class OpenSessions:
 
         Only when idle: while a backlog is read, the clock is ahead of the events, and letting
         go by it would send every held device down the slow path."""
+        self._forget_erased()
         self._newest_ts = max(self._newest_ts, time.time_ns() // 1_000_000)
         self._signal_timeouts()
         self._sweep()
         return self._write_signals()
+
+    def _forget_erased(self) -> None:
+        """Let go of the devices of persons erased since the last look (``DELETE /v1/persons``):
+        a device that comes back is then recomputed from storage, where its past is gone, instead
+        of extending an erased session held here. Once per batch (before it) and idle tick: one
+        small read. Erasures a second apart or less are read twice (the clock is ClickHouse's,
+        and two may share a millisecond); letting a device go twice costs one recompute."""
+        try:
+            rows = self.warehouse.rows(_ERASURES_SQL, {"since": self._erased_since - 1000})
+        except Exception as exc:
+            log.warning("erasures not read", extra={"error": repr(exc)[:300]})
+            return
+        for row in rows:
+            for device in row["devices"]:
+                self._held.pop((row["project"], device), None)
+            self._erased_since = max(self._erased_since, int(row["at"]))
 
     def _find_recoveries(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Signals of the last day whose person has now reached a goal in a later session, on any
@@ -424,6 +443,11 @@ class OpenSessions:
             del self._held[key]
         OPEN_SESSIONS.set(len(self._held))
 
+
+_ERASURES_SQL = """
+SELECT project, devices, toUnixTimestamp64Milli(erased_at) AS at FROM erasures
+WHERE erased_at >= fromUnixTimestamp64Milli({since:Int64})
+"""
 
 # Signals of these persons not yet recovered, noticed since then, with times in epoch seconds.
 _OPEN_SIGNALS_SQL = f"""
