@@ -422,6 +422,22 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert httpx.delete(f"{up.url}/v1/persons/{alice}", headers=auth, timeout=60).status_code == 404
 
 
+def test_retention_is_set_at_start_and_not_again_when_unchanged(tmp_path: Path) -> None:
+    """TOUCHPOINT_RETENTION_DAYS reaches the tables through the sessionizer's start (the TTLs
+    themselves are checked in tests/test_warehouse.py); a restart with the same value alters
+    nothing (altering a TTL rewrites the table's expired rows away, a mutation)."""
+    proc = new_proc("up", tmp_path / "retention", TOUCHPOINT_RETENTION_DAYS="30")
+
+    def altered(log: Path) -> list[str]:
+        lines = [orjson.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return sorted(line["table"] for line in lines if line.get("msg") == "retention applied")
+
+    for expected in (["events", "identity_links", "sessions"], []):
+        proc.start()
+        proc.stop()
+        assert altered(proc.logs[-1]) == expected, proc.tail()
+
+
 def test_another_user_logging_in_mid_session_starts_a_session_of_their_own(up: Proc) -> None:
     """Bob logs in on Alice's browser six minutes into her session: the stored sessions and the
     journeys give each person only their own activity, with the same session ids."""

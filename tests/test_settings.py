@@ -23,6 +23,11 @@ def test_environment_names_of_the_contract(tmp_path: Path) -> None:
     assert Settings.from_env({}).kafka_bootstrap is None
     with pytest.raises(ConfigError, match="TOUCHPOINT_PORT"):
         Settings.from_env({"TOUCHPOINT_PORT": "eighty"})
+    assert Settings.from_env({}).retention_days is None  # keep everything unless told
+    assert Settings.from_env({"TOUCHPOINT_RETENTION_DAYS": "395"}).retention_days == 395
+    for bad in ("0", "-3", "a year"):
+        with pytest.raises(ConfigError, match="TOUCHPOINT_RETENTION_DAYS"):
+            Settings.from_env({"TOUCHPOINT_RETENTION_DAYS": bad})
 
 
 def test_default_project_is_created_once_and_kept(tmp_path: Path) -> None:

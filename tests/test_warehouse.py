@@ -10,7 +10,7 @@ import orjson
 
 from services.core.eventlog import EmbeddedLog, LogRecord
 from services.core.events import normalize, now_ms
-from services.core.schema import CHANNEL_ID, EVENT_COLUMNS, MIGRATIONS, TOUCHPOINT_ID
+from services.core.schema import CHANNEL_ID, EVENT_COLUMNS, MIGRATIONS, RETENTION_COLUMNS, TOUCHPOINT_ID
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
 from services.sessionizer.rows import event_row, event_values_json
@@ -186,3 +186,50 @@ def test_touchpoint_names_come_from_every_insert_and_from_events_stored_before(c
     write({"type": "screen", "name": "Cart", "event_id": "c", "channel": "app"})
     assert wh.migrate() == [7]
     assert names() == {("page /cart", "web"), ("track Order Completed", "app"), ("screen Cart", "app")}
+
+
+def test_retention_expires_old_rows_of_every_table_and_is_applied_only_when_it_changes(chdb_path: Path) -> None:
+    """TOUCHPOINT_RETENTION_DAYS as TTLs: setting it removes rows older than the retention from
+    events, sessions and identity links (and shortens the 30 days of signals and dead letters);
+    the same retention again alters nothing; unset, the TTLs are as the migrations made them."""
+    wh = Warehouse(f"chdb://{chdb_path}", "test")
+    wh.migrate()
+    day = 86_400_000
+    for age, name in ((0, "new"), (10 * day, "old")):
+        raw = {"type": "page", "anonymous_id": f"{name}-dev", "user_id": f"{name}-user", "event_id": name}
+        record = normalize(raw, project="ret", received_ms=now_ms() - age, sent_at_ms=None, ip="")
+        wh.insert_json("events", [event_values_json(event_row(record))], EVENT_COLUMNS, fmt="JSONCompactEachRow")
+        wh.client.command(
+            "INSERT INTO identity_links (project, anonymous_id, user_id, first_seen, last_seen) VALUES "
+            "('ret', {d:String}, {u:String}, fromUnixTimestamp64Milli({t:Int64}), fromUnixTimestamp64Milli({t:Int64}))",
+            parameters={"d": f"{name}-dev", "u": f"{name}-user", "t": now_ms() - age},
+        )
+        wh.client.command(
+            "INSERT INTO sessions (project, device, session_id, person, started_at, ended_at, version) VALUES "
+            "('ret', {d:String}, {d:String}, {d:String}, fromUnixTimestamp64Milli({t:Int64}), "
+            "fromUnixTimestamp64Milli({t:Int64}), 1)",
+            parameters={"d": f"{name}-dev", "t": now_ms() - age},
+        )
+
+    def kept() -> dict[str, list[str]]:
+        return {
+            table: sorted(r["id"] for r in wh.rows(f"SELECT {column} AS id FROM {table} WHERE project = 'ret'"))
+            for table, column in (("events", "event_id"), ("sessions", "device"), ("identity_links", "anonymous_id"))
+        }
+
+    assert kept() == {
+        "events": ["new", "old"],
+        "sessions": ["new-dev", "old-dev"],
+        "identity_links": ["new-dev", "old-dev"],
+    }
+    assert wh.apply_retention(7) == list(RETENTION_COLUMNS)
+    assert kept() == {"events": ["new"], "sessions": ["new-dev"], "identity_links": ["new-dev"]}
+    assert wh.apply_retention(7) == []
+    assert wh.apply_retention(60) == ["events", "sessions", "identity_links", "abandonments", "rejected_events"]
+    assert wh.apply_retention(90) == ["events", "sessions", "identity_links"]  # the 30 days stay
+    assert wh.apply_retention(None) == ["events", "sessions", "identity_links"]
+    engines = {
+        r["name"]: r["e"]
+        for r in wh.rows("SELECT name, engine_full AS e FROM system.tables WHERE database = currentDatabase()")
+    }
+    assert " TTL " not in engines["events"] and "toIntervalDay(30)" in engines["abandonments"]

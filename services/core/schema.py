@@ -117,6 +117,25 @@ _TOUCHPOINTS_OF_EVENTS: Final = f"""
            any({TOUCHPOINT_TEXT}) AS tp_text, any(channel) AS ch_text
     FROM events GROUP BY project, tp_id, ch_id"""
 
+# Retention (TOUCHPOINT_RETENTION_DAYS): the tables whose rows expire, by which time column.
+# Two tables keep their own 30-day TTL (from their migrations) unless the retention is shorter.
+RETENTION_COLUMNS: Final = {
+    "events": "timestamp",
+    "sessions": "ended_at",
+    "identity_links": "last_seen",
+    "abandonments": "detected_at",
+    "rejected_events": "received_at",
+}
+OWN_TTL_DAYS: Final = {"abandonments": 30, "rejected_events": 30}
+
+
+def retention_ttl(table: str, days: int | None) -> str | None:
+    """The TTL expression ``table`` should have under a retention of ``days`` (None: keep all),
+    as ClickHouse prints it back in ``system.tables``."""
+    keep = min((d for d in (days, OWN_TTL_DAYS.get(table)) if d is not None), default=None)
+    return None if keep is None else f"toDateTime({RETENTION_COLUMNS[table]}) + toIntervalDay({keep})"
+
+
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         1,

@@ -97,6 +97,7 @@ class Settings:
     ingest_workers: int = 1
     collect_prefix: str = ""
     allowed_lateness_s: int = 7 * 86_400
+    retention_days: int | None = None  # None: keep everything
     query_timeout_s: float = 30.0
     query_max_rows: int = 2_000_000_000
     geoip_mmdb: str | None = None
@@ -130,6 +131,7 @@ class Settings:
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),
             geoip_mmdb=env.get("TOUCHPOINT_GEOIP_MMDB") or None,
             allowed_lateness_s=_int(env, "TOUCHPOINT_ALLOWED_LATENESS_SECONDS", 7 * 86_400),
+            retention_days=_retention(env),
             query_timeout_s=_float(env, "TOUCHPOINT_QUERY_TIMEOUT_SECONDS", 30.0),
             query_max_rows=_int(env, "TOUCHPOINT_QUERY_MAX_ROWS", 2_000_000_000),
             collect_prefix=_prefix(env.get("TOUCHPOINT_COLLECT_PREFIX", "")),
@@ -153,6 +155,16 @@ def _prefix(raw: str) -> str:
     if raw and not all(part.replace("-", "").replace("_", "").isalnum() for part in raw.split("/")):
         raise ConfigError(f"TOUCHPOINT_COLLECT_PREFIX={raw!r}: use letters, digits, '-', '_' and '/'")
     return f"/{raw}" if raw else ""
+
+
+def _retention(env: Mapping[str, str]) -> int | None:
+    name = "TOUCHPOINT_RETENTION_DAYS"
+    if not env.get(name):
+        return None
+    days = _int(env, name, 0)
+    if days < 1:
+        raise ConfigError(f"{name} must be a number of days of at least 1 (unset it to keep everything), got {days}")
+    return days
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -286,7 +298,7 @@ def load_projects(settings: Settings) -> tuple[Projects, Path, bool]:
                 f'api_keys = ["{api_key}"]\n'
                 'allowed_origins = ["*"]\n'
                 "# Sessions that time out without one of these events are abandonment signals\n"
-                "# (GET /v1/abandonments), e.g. goals = [\"Order Completed\"].\n"
+                '# (GET /v1/abandonments), e.g. goals = ["Order Completed"].\n'
                 "goals = []\n"
                 "session_timeout_minutes = 30\n"
             )

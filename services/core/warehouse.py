@@ -7,6 +7,7 @@ are blocking; async code runs them in a worker thread.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from urllib.parse import urlparse, urlunparse
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from .schema import MIGRATIONS, MIGRATIONS_TABLE
+from .schema import MIGRATIONS, MIGRATIONS_TABLE, RETENTION_COLUMNS, retention_ttl
 
 log = logging.getLogger("touchpoint.warehouse")
 
@@ -168,6 +169,29 @@ class Warehouse:
         result = self.client.query(sql, parameters=dict(parameters or {}), settings=self.query_settings or None)
         names = result.column_names
         return [dict(zip(names, row, strict=True)) for row in result.result_rows]
+
+    def apply_retention(self, days: int | None) -> list[str]:
+        """Give each table the TTL ``TOUCHPOINT_RETENTION_DAYS`` asks for; return the tables changed.
+
+        Only a TTL that differs is altered: setting one removes the table's expired rows at once
+        (a mutation), and later merges remove rows as they expire. Every process that writes
+        calls this at start; the same retention everywhere changes nothing."""
+        changed = []
+        for table in RETENTION_COLUMNS:
+            want = retention_ttl(table, days)
+            engine = self.rows(
+                "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+                {"t": table},
+            )[0]["engine_full"]
+            found = re.search(r" TTL (.+?)(?: SETTINGS |$)", engine)
+            if (found.group(1).strip() if found else None) == want:
+                continue
+            self.client.command(
+                f"ALTER TABLE {table} REMOVE TTL" if want is None else f"ALTER TABLE {table} MODIFY TTL {want}"
+            )
+            log.info("retention applied", extra={"table": table, "ttl": want or "none"})
+            changed.append(table)
+        return changed
 
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         """Run a statement that returns no rows (a lightweight DELETE) with bound parameters."""

@@ -25,6 +25,7 @@ class Sessionizer:
     def __init__(self, settings: Settings, reader: LogReader, warehouse: Warehouse, projects: Projects) -> None:
         self.reader = reader
         self.warehouse = warehouse
+        self.retention_days = settings.retention_days
         webhooks = WebhookSender(projects)
         self.webhooks = webhooks if webhooks.wanted else None
         self.pipeline = Pipeline(
@@ -42,6 +43,7 @@ class Sessionizer:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.warehouse.migrate)
+        await asyncio.to_thread(self.warehouse.apply_retention, self.retention_days)
         await self.reader.start()
         if self.webhooks is not None:
             await self.webhooks.start()
