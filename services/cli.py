@@ -36,7 +36,7 @@ def _banner(settings: Settings, projects: Projects, source: str, created: bool) 
             (
                 f"    goals {', '.join(project.goals)}: sessions that time out without one are abandonment signals"
                 if project.goals
-                else f"    no goals: set `goals` (e.g. [\"Order Completed\"]) in {source} for abandonment signals"
+                else f'    no goals: set `goals` (e.g. ["Order Completed"]) in {source} for abandonment signals'
             ),
         ]
     first = projects.items[0]
@@ -183,22 +183,58 @@ def _rebuild_sessions(project_id: str | None, chunk: int = 2000) -> int:
     return 0
 
 
+def _erase(project_id: str | None, identifier: str | None) -> int:
+    """Erase a person through a running Touchpoint (DELETE /v1/persons/{id}); print what went."""
+    from urllib.parse import quote
+
+    import httpx
+
+    if not identifier:
+        print("touchpoint: erase needs the person's user id or anonymous id: touchpoint erase ID", file=sys.stderr)
+        return 2
+    target = _query_target(project_id, f"/v1/persons/{quote(identifier, safe='')}")
+    if target is None:
+        return 2
+    url, headers = target
+    try:
+        r = httpx.delete(url, headers=headers, timeout=300)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    if r.status_code != 200:
+        print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
+        return 1
+    print(r.text)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
         "command",
-        choices=["up", "ingest", "sessionizer", "api", "demo", "rejected", "abandonments", "rebuild-sessions"],
+        choices=[
+            "up",
+            "ingest",
+            "sessionizer",
+            "api",
+            "demo",
+            "rejected",
+            "abandonments",
+            "rebuild-sessions",
+            "erase",
+        ],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
         "rejected: list dead letters; abandonments: follow sessions that time out without a goal, as they "
-        "happen; rebuild-sessions: recompute the sessions table from stored events",
+        "happen; rebuild-sessions: recompute the sessions table from stored events; "
+        "erase ID: delete everything stored about a person (user id or anonymous id)",
     )
+    parser.add_argument("identifier", nargs="?", default=None, help="erase: the person's user id or anonymous id")
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
     parser.add_argument(
         "--project",
         default=None,
-        help="rejected, abandonments: project id (default: the first); rebuild-sessions: only this project",
+        help="rejected, abandonments, erase: project id (default: the first); rebuild-sessions: only this project",
     )
     parser.add_argument("--since", default=None, help="abandonments: ISO 8601, also those noticed since (default: now)")
     parser.add_argument("--limit", type=int, default=20, help="rejected: how many, newest first")
@@ -207,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list_rejected(args.project, args.limit)
     if args.command == "abandonments":
         return _follow_abandonments(args.project, args.since)
+    if args.command == "erase":
+        return _erase(args.project, args.identifier)
     if args.command == "rebuild-sessions":
         return _rebuild_sessions(args.project)
     if args.command == "demo":

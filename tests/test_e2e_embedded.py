@@ -420,6 +420,13 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert again["person_id"] == web and again["started_at"] == again["ended_at"]
     assert event_ids(journey_with(up, web, {back["event_id"]})) == [back["event_id"]]
     assert httpx.delete(f"{up.url}/v1/persons/{alice}", headers=auth, timeout=60).status_code == 404
+    # The operator's command for the same: the lone device, now its own person, goes too.
+    cli = subprocess.run(
+        [sys.executable, "-m", "services.cli", "erase", web], env=up.env, capture_output=True, text=True, timeout=60
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert orjson.loads(cli.stdout)["deleted"]["events"] == 1
+    assert up.journey(web).status_code == 404
 
 
 def test_retention_is_set_at_start_and_not_again_when_unchanged(tmp_path: Path) -> None:
