@@ -248,13 +248,15 @@ def correlations(
     dim = f"argMin({breakdown}, ts)" if breakdown else "''"
     if touchpoint_cond is not None:
         # Only the visits (with their metric) and the goals' times of each journey: an array
-        # of every event, as the other analyses gather, was most of this query's time.
+        # of every event, as the other analyses gather, was most of this query's time. Other
+        # events are left out before grouping, but with a breakdown (the unit's first event).
+        relevant = "" if breakdown else f" WHERE ({goal_cond}) OR ({touchpoint_cond})"
         units = f"""
         units AS (
             SELECT person AS unit, {dim} AS dim,
                 groupArrayIf(ts, {goal_cond}) AS goal_ts,
                 groupArrayIf((ts, {metric_expr(metric)}), {touchpoint_cond} AND {metric_expr(metric)} >= 0) AS visits
-            FROM base GROUP BY unit
+            FROM base{relevant} GROUP BY unit
         )"""
         observations = """
         obs AS (
