@@ -176,14 +176,18 @@ class Warehouse:
         Only a TTL that differs is altered: setting one removes the table's expired rows at once
         (a mutation), and later merges remove rows as they expire. Every process that writes
         calls this at start; the same retention everywhere changes nothing."""
+        engines = {
+            r["name"]: r["engine_full"]
+            for r in self.rows(
+                "SELECT name, engine_full FROM system.tables "
+                "WHERE database = currentDatabase() AND name IN {tables:Array(String)}",
+                {"tables": list(RETENTION_COLUMNS)},
+            )
+        }
         changed = []
         for table in RETENTION_COLUMNS:
             want = retention_ttl(table, days)
-            engine = self.rows(
-                "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
-                {"t": table},
-            )[0]["engine_full"]
-            found = re.search(r" TTL (.+?)(?: SETTINGS |$)", engine)
+            found = re.search(r" TTL (.+?)(?: SETTINGS |$)", engines[table])
             if (found.group(1).strip() if found else None) == want:
                 continue
             self.client.command(
