@@ -372,3 +372,22 @@ def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(1, "er1")]
     assert erase_person(wh, "other-project", "er1") is None  # another project's data is not touched
     assert len(stored_rows(wh, project)) == 1
+
+
+def test_an_erasure_cut_short_is_finished_by_running_it_again(chdb_path: Path, tmp_path: Path) -> None:
+    """Events and sessions deleted, then the erasure failed before the identity links went:
+    the links still name the person, so the erasure runs again and removes them."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"erase{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    batch = records_of([raw_event(1, "er2", 0, "eve", 0)], project)
+    p.write(batch, decode(batch))
+    for table in ("events", "sessions"):  # as far as the first erasure got
+        wh.command(f"DELETE FROM {table} WHERE project = {{p:String}}", {"p": project})
+    erased = erase_person(wh, project, "eve")
+    assert erased is not None and erased["deleted"] == {"events": 0, "sessions": 0}
+    assert wh.rows("SELECT count() AS n FROM identity_links WHERE project = {p:String}", {"p": project})[0]["n"] == 0
+    assert erase_person(wh, project, "eve") is None

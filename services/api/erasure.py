@@ -22,7 +22,10 @@ DELETE_CHUNK = 10_000  # (anonymous id, event id) pairs per DELETE statement
 
 
 def erase_person(warehouse: Warehouse, project: str, identifier: str) -> dict[str, Any] | None:
-    """Delete the person ``identifier`` names; None when nothing is stored about them."""
+    """Delete the person ``identifier`` names; None when nothing is stored about them.
+
+    Not one transaction: several DELETEs, the identity links last, so that running it again
+    after a failure finds the person and finishes the job."""
     who = resolve_person(warehouse, project, identifier)
     params: dict[str, Any] = {
         "project": project,
@@ -43,7 +46,9 @@ def erase_person(warehouse: Warehouse, project: str, identifier: str) -> dict[st
             {"project": project, "person": who.person_id},
         )
     ]
-    if not pairs and not sessions:
+    # A user's links alone still name them: an erasure cut short after its first DELETEs (they
+    # run in this order, links last) is completed by running it again.
+    if not pairs and not sessions and not (who.is_user and who.devices):
         return None
     for start in range(0, len(pairs), DELETE_CHUNK):
         warehouse.command(
