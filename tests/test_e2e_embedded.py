@@ -427,6 +427,11 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert cli.returncode == 0, cli.stderr
     assert orjson.loads(cli.stdout)["deleted"]["events"] == 1
     assert up.journey(web).status_code == 404
+    listed = httpx.get(f"{up.url}/v1/erasures", headers=auth, timeout=30).json()["erasures"]
+    mine = [(e["person_id"], e["deleted"]) for e in listed if e["person_id"] in (alice, web)]
+    assert mine == [(web, {"events": 1, "sessions": 1}), (alice, {"events": 4, "sessions": 3})]  # newest first
+    other = httpx.get(f"{up.url}/v1/erasures", headers={"Authorization": f"Bearer {OTHER_API_KEY}"}, timeout=30)
+    assert alice not in {e["person_id"] for e in other.json()["erasures"]}  # another project's key
 
 
 def test_retention_is_set_at_start_and_not_again_when_unchanged(tmp_path: Path) -> None:

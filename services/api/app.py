@@ -157,6 +157,13 @@ class QueryApi:
                 "privacy",
                 "Erase a person: their events on every device, sessions, identity links and signals",
             ),
+            (
+                "/v1/erasures",
+                self.erasures,
+                "GET",
+                "privacy",
+                "The erasures done, newest first: whom, how much, when (the record for an audit)",
+            ),
         ]
         response_examples = {
             "/v1/journeys/{identifier}": examples.JOURNEY,
@@ -167,6 +174,7 @@ class QueryApi:
             "/v1/behaviour": examples.BEHAVIOUR,
             "/v1/abandonments": examples.ABANDONMENTS,
             "/v1/persons/{identifier}": examples.ERASURE,
+            "/v1/erasures": examples.ERASURES,
         }
         for path, endpoint, method, tag, summary in routes:
             example = response_examples.get(path)
@@ -362,6 +370,27 @@ class QueryApi:
             raise HTTPException(404, f"identifier: nothing is stored about {identifier!r}")
         log.info("person erased", extra={"project": project.id, **erased["deleted"]})  # who: in erasures only
         return erased
+
+    async def erasures(self, request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
+        """The key's project's erasures, newest first; kept when retention removes everything else."""
+        project = project_for(request, self.projects)
+        rows = await self._call(
+            self.warehouse.rows,
+            "SELECT person, devices, events, sessions, erased_at FROM erasures WHERE project = {p:String} "
+            "ORDER BY erased_at DESC LIMIT {n:UInt32}",
+            {"p": project.id, "n": limit},
+        )
+        return {
+            "erasures": [
+                {
+                    "person_id": r["person"],
+                    "devices": list(r["devices"]),
+                    "deleted": {"events": int(r["events"]), "sessions": int(r["sessions"])},
+                    "erased_at": iso(ms(r["erased_at"])),
+                }
+                for r in rows
+            ]
+        }
 
     def _source(self, project: Project, from_: str | datetime | None, to: str | datetime | None) -> Source:
         return Source(self.warehouse, project.id, *time_range(from_, to))

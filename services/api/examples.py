@@ -95,6 +95,17 @@ ERASURE = {
     "erased_at": "2026-11-23T19:02:11.418Z",
 }
 
+ERASURES = {
+    "erasures": [
+        {
+            "person_id": "user-42",
+            "devices": ["3f0c2a9e-web", "app-7c1d", "user:user-42"],
+            "deleted": {"events": 318, "sessions": 12},
+            "erased_at": "2026-11-23T19:02:11.418Z",
+        }
+    ]
+}
+
 BEHAVIOUR = {
     "by_hour": [
         {
