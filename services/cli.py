@@ -102,22 +102,32 @@ def _unreachable(url: str, exc: Exception) -> int:
     return 1
 
 
-def _list_rejected(project_id: str | None, limit: int) -> int:
-    """Print dead letters from a running Touchpoint, one JSON line each."""
+def _call_api(project_id: str | None, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to a running Touchpoint's query API: the 200 answer, or the exit code after
+    saying what went wrong."""
     import httpx
-    import orjson
 
-    target = _query_target(project_id, "/v1/rejected")
+    target = _query_target(project_id, path)
     if target is None:
         return 2
     url, headers = target
     try:
-        r = httpx.get(url, params={"limit": limit}, headers=headers)
+        r = httpx.request(method, url, headers=headers, **kwargs)
     except httpx.HTTPError as exc:
         return _unreachable(url, exc)
     if r.status_code != 200:
         print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
         return 1
+    return r
+
+
+def _list_rejected(project_id: str | None, limit: int) -> int:
+    """Print dead letters from a running Touchpoint, one JSON line each."""
+    import orjson
+
+    r = _call_api(project_id, "GET", "/v1/rejected", params={"limit": limit})
+    if isinstance(r, int):
+        return r
     for item in r.json()["rejected"]:
         print(orjson.dumps(item).decode())
     return 0
@@ -187,22 +197,12 @@ def _erase(project_id: str | None, identifier: str | None) -> int:
     """Erase a person through a running Touchpoint (DELETE /v1/persons/{id}); print what went."""
     from urllib.parse import quote
 
-    import httpx
-
     if not identifier:
         print("touchpoint: erase needs the person's user id or anonymous id: touchpoint erase ID", file=sys.stderr)
         return 2
-    target = _query_target(project_id, f"/v1/persons/{quote(identifier, safe='')}")
-    if target is None:
-        return 2
-    url, headers = target
-    try:
-        r = httpx.delete(url, headers=headers, timeout=300)
-    except httpx.HTTPError as exc:
-        return _unreachable(url, exc)
-    if r.status_code != 200:
-        print(f"touchpoint: {url} answered {r.status_code}: {r.text[:300]}", file=sys.stderr)
-        return 1
+    r = _call_api(project_id, "DELETE", f"/v1/persons/{quote(identifier, safe='')}", timeout=300)
+    if isinstance(r, int):
+        return r
     print(r.text)
     return 0
 
