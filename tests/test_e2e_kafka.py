@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from services.testing.kafka_broker import Broker
 from tests.conftest import bootstrap_of
-from tests.harness import event_ids, journey_with, new_proc, sessions_of, wait_for
+from tests.harness import API_KEY, event_ids, journey_with, new_proc, sessions_of, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -275,3 +276,72 @@ def test_ingest_workers_share_one_port_and_a_killed_worker_comes_back(kafka: Bro
         assert '"msg":"ingest workers stopped"' in ingest.tail()
     finally:
         ingest.stop()
+
+
+def test_events_accepted_before_an_erasure_and_read_after_it_are_not_stored(
+    kafka: Broker | str, tmp_path: Path
+) -> None:
+    """Alice is erased while events of hers wait in Kafka (the sessionizer was down): when it
+    reads them they are dropped; Bob's on the browser they share, and Carol's, are stored."""
+    env = kafka_env(kafka, "erase-lag")
+    data = tmp_path / "erase-lag"
+    tag = uuid.uuid4().hex[:8]
+    shared, app, phone, carol = (f"{d}-{tag}" for d in ("shared", "app", "phone", "carol"))
+    alice, bob = f"alice-{tag}", f"bob-{tag}"
+    now = datetime.now(UTC)
+
+    def event(name: str, device: str, minutes_ago: int, **extra: str) -> dict[str, str]:
+        at = (now - timedelta(minutes=minutes_ago)).isoformat()
+        return {
+            "event_id": f"{name}-{tag}",
+            "type": "page",
+            "name": name,
+            "anonymous_id": device,
+            "timestamp": at,
+            **extra,
+        }
+
+    stored = [
+        event("a-login", shared, 60, type="identify", user_id=alice),
+        event("a-app", app, 50, user_id=alice),
+        event("b-login", shared, 30, type="identify", user_id=bob),
+    ]
+    lagging = [
+        event("a-shared", shared, 40),  # anonymous, before Bob's login on it: Alice's
+        event("b-shared", shared, 20),  # after it: Bob's
+        event("a-phone", phone, 10, user_id=alice),  # Alice on a device not stored yet
+        event("c-page", carol, 5),
+    ]
+    up = new_proc("up", data, **env).start()
+    try:
+        assert up.post_batch(stored).status_code == 200
+        journey_with(up, alice, {"a-login-" + tag, "a-app-" + tag})
+        journey_with(up, bob, {"b-login-" + tag})
+    finally:
+        up.stop()
+    ingest = new_proc("ingest", data, **env).start()  # accepted into Kafka, read by nobody yet
+    try:
+        assert ingest.post_batch(lagging).json()["accepted"] == 4
+    finally:
+        ingest.stop()
+    api = new_proc("api", data, **env).start()
+    try:
+        r = httpx.delete(f"{api.url}/v1/persons/{alice}", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["deleted"]["events"] == 2
+    finally:
+        api.stop()
+    up.start()
+    try:
+        journey_with(up, carol, {"c-page-" + tag})
+        bobs = journey_with(up, bob, {"b-login-" + tag, "b-shared-" + tag})
+        assert sorted(event_ids(bobs)) == sorted(["b-login-" + tag, "b-shared-" + tag])
+        for identifier in (alice, app, phone):
+            assert up.journey(identifier).status_code == 404, identifier
+        assert {s["person_id"] for s in sessions_of(up, shared, lambda s: len(s) >= 1)} == {bob}
+        erased = re.search(
+            r"^touchpoint_sessionizer_erased_events_total (\S+)$", httpx.get(f"{up.url}/metrics").text, re.M
+        )
+        assert erased is not None and float(erased.group(1)) == 2
+    finally:
+        up.stop()

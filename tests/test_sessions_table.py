@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.eventlog import EmbeddedLog, LogRecord
-from services.core.events import normalize
+from services.core.events import normalize, now_ms
 from services.core.identity import links_in
 from services.core.sessions import session_person, summarize
 from services.core.settings import Project, Projects
@@ -367,7 +368,8 @@ def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path
     assert erased is not None and erased["person_id"] == "dora"
     assert erased["deleted"] == {"events": 2, "sessions": 1}
     assert stored_rows(wh, project) == []
-    back = records_of([raw_event(3, "er1", 10, "", 0)], project)
+    # Accepted after the erasure: the device came back (one accepted before it would be dropped).
+    back = records_of([raw_event(3, "er1", 10, "", 0)], project, received_ms=now_ms() + 1000)
     p.write(back, decode(back))
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(1, "er1")]
     assert erase_person(wh, "other-project", "er1") is None  # another project's data is not touched
@@ -391,3 +393,152 @@ def test_an_erasure_cut_short_is_finished_by_running_it_again(chdb_path: Path, t
     assert erased is not None and erased["deleted"] == {"events": 0, "sessions": 0}
     assert wh.rows("SELECT count() AS n FROM identity_links WHERE project = {p:String}", {"p": project})[0]["n"] == 0
     assert erase_person(wh, project, "eve") is None
+
+
+def _stored_ids(wh: Warehouse, project: str) -> set[str]:
+    rows = wh.rows("SELECT event_id FROM events FINAL WHERE project = {p:String}", {"p": project})
+    return {r["event_id"] for r in rows}
+
+
+def _persons(wh: Warehouse, project: str) -> set[str]:
+    return {r[-1] for r in stored_rows(wh, project)}
+
+
+def _linked_users(wh: Warehouse, project: str) -> set[str]:
+    rows = wh.rows("SELECT DISTINCT user_id FROM identity_links WHERE project = {p:String}", {"p": project})
+    return {r["user_id"] for r in rows}
+
+
+def _erasure_scene(wh: Warehouse, tmp_path: Path) -> tuple[str, list[LogRecord], list[LogRecord]]:
+    """Dora logged in on s1 at minute 0, Bob on the same browser at minute 100 (both stored);
+    then, accepted before her erasure but not yet stored: s1 at minute 10 (hers, by the time),
+    s1 at minute 110 (Bob's), Dora on a new device s9, and x1, someone else."""
+    project = f"erase{next(_projects)}"
+    stored = records_of(
+        [raw_event(1, "s1", 0, "dora", 0), raw_event(2, "s1", 5, "", 0), raw_event(3, "s1", 100, "bob", 0)], project
+    )
+    pipeline(wh, tmp_path, project).write(stored, decode(stored))
+    lagging = records_of(
+        [
+            raw_event(10, "s1", 10, "", 0),
+            raw_event(11, "s1", 110, "", 0),
+            raw_event(12, "s9", 20, "dora", 1),
+            raw_event(13, "x1", 30, "", 0),
+        ],
+        project,
+        received_ms=now_ms() - 5000,
+    )
+    return project, stored, lagging
+
+
+def test_events_of_an_erased_person_still_in_the_log_are_not_stored(chdb_path: Path, tmp_path: Path) -> None:
+    """Accepted before the erasure, read after it (the log's lag, or a restart): the erased
+    person's are dropped by the stitching rules, a shared browser's other user keeps his."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, lagging = _erasure_scene(wh, tmp_path)
+    erased = erase_person(wh, project, "dora")
+    assert erased is not None and erased["deleted"] == {"events": 2, "sessions": 1}
+    assert _stored_ids(wh, project) == {"e3"}
+    # A fresh process (a restart): the erasure is read from ClickHouse before its first write.
+    p = pipeline(wh, tmp_path, project)
+    p.write(lagging, decode(lagging))
+    assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    assert _persons(wh, project) == {"bob", "x1"}
+    assert _linked_users(wh, project) == {"bob"}
+    # Dora comes back on s9 after the erasure: new data, kept and linked again.
+    back = records_of([raw_event(14, "s9", 200, "dora", 0)], project, received_ms=now_ms() + 1000)
+    p.write(back, decode(back))
+    assert _stored_ids(wh, project) == {"e3", "e11", "e13", "e14"}
+    assert _linked_users(wh, project) == {"bob", "dora"}
+
+
+def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_path: Path) -> None:
+    """The erasure runs after the batch was checked against the erasures but before its rows
+    land (neither of the API's passes can see them): the sessionizer's read after the write
+    finds it and deletes what the batch stored of her: events, sessions, links."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, lagging = _erasure_scene(wh, tmp_path)
+    p = pipeline(wh, tmp_path, project)
+    p.erasures.refresh()  # as the batch before did
+    real_insert = wh.insert_json
+
+    def erase_then_insert(table: str, *args: Any, **kwargs: Any) -> None:
+        if table == "events" and not erased:
+            erased.append(erase_person(wh, project, "dora"))
+        real_insert(table, *args, **kwargs)
+
+    erased: list[Any] = []
+    wh.insert_json = erase_then_insert  # type: ignore[method-assign]
+    p.write(lagging, decode(lagging))
+    assert erased and erased[0] is not None
+    assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    assert _persons(wh, project) == {"bob", "x1"}
+    assert _linked_users(wh, project) == {"bob"}
+
+
+def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chdb_path: Path, tmp_path: Path) -> None:
+    """The batch lands after the API read what to delete and before it recorded the erasure (so
+    no sessionizer read drops or sweeps it): the API's pass after the record deletes it."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, lagging = _erasure_scene(wh, tmp_path)
+    p = pipeline(wh, tmp_path, project)
+    real_insert = wh.insert
+
+    def write_then_record(table: str, *args: Any, **kwargs: Any) -> None:
+        if table == "erasures":
+            p.write(lagging, decode(lagging))
+        real_insert(table, *args, **kwargs)
+
+    wh.insert = write_then_record  # type: ignore[method-assign]
+    assert p.sessions is not None
+    erased = erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
+    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 3}
+    assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    assert _persons(wh, project) == {"bob", "x1"}
+    assert _linked_users(wh, project) == {"bob"}
+
+
+def test_a_sweep_cut_short_by_a_clickhouse_error_is_finished_by_the_retry(chdb_path: Path, tmp_path: Path) -> None:
+    """As above, but the sweep's first DELETE fails: the write is retried (nothing committed),
+    the retry drops her events before its insert and still deletes the copies the first stored."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, lagging = _erasure_scene(wh, tmp_path)
+    p = pipeline(wh, tmp_path, project)
+    p.erasures.refresh()
+    real_insert, real_command = wh.insert_json, wh.command
+    erased: list[Any] = []
+    failed: list[str] = []
+
+    def erase_then_insert(table: str, *args: Any, **kwargs: Any) -> None:
+        if table == "events" and not erased:
+            erased.append(erase_person(wh, project, "dora"))
+        real_insert(table, *args, **kwargs)
+
+    def fail_once(sql: str, *args: Any, **kwargs: Any) -> None:
+        if erased and sql.startswith("DELETE FROM events") and not failed:
+            failed.append(sql)
+            raise RuntimeError("ClickHouse away")
+        real_command(sql, *args, **kwargs)
+
+    wh.insert_json = erase_then_insert  # type: ignore[method-assign]
+    wh.command = fail_once  # type: ignore[method-assign]
+    decoded = decode(lagging)
+    with pytest.raises(RuntimeError):
+        p.write(lagging, decoded)
+    assert failed and _stored_ids(wh, project) >= {"e10", "e12"}  # stored, not yet swept
+    p.write(lagging, decoded)  # write_with_retry's next attempt
+    assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    assert _persons(wh, project) == {"bob", "x1"}
+    assert _linked_users(wh, project) == {"bob"}

@@ -17,6 +17,7 @@ from services.core.openapi import response_example
 from services.core.settings import Project, Projects
 from services.core.signals import Cursor, cursor_text, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
+from services.sessionizer.open_sessions import OpenSessions
 
 from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
@@ -362,10 +363,12 @@ class QueryApi:
         """The right to be forgotten: everything stored about the person ``identifier`` names (a
         user id with every device linked to it, or a lone anonymous id; as ``GET /v1/journeys``
         resolves it), gone from every answer at once. A device shared with another user keeps
-        that user's events. Events still on their way (see ``GET /v1/status``) are stored after
-        it: erase again once the lag is 0. Recorded in ``erasures`` without any event data."""
+        that user's events. Their events accepted before it but still on their way (see
+        ``GET /v1/status``) are dropped when the sessionizer reads them; events accepted after it
+        are the person coming back, and kept. Recorded in ``erasures`` without any event data."""
         project = project_for(request, self.projects)
-        erased = await self._call(erase_person, self.warehouse, project.id, identifier)
+        recompute = OpenSessions(self.warehouse, self.projects).recompute_after_erasure
+        erased = await self._call(erase_person, self.warehouse, project.id, identifier, recompute)
         if erased is None:
             raise HTTPException(404, f"identifier: nothing is stored about {identifier!r}")
         log.info("person erased", extra={"project": project.id, **erased["deleted"]})  # who: in erasures only

@@ -372,6 +372,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        9,
+        "erasures: when each device was the person's",
+        (
+            """
+            ALTER TABLE erasures ADD COLUMN IF NOT EXISTS spans Array(Tuple(String, Int64, Int64)) DEFAULT []
+            COMMENT '(anonymous id, from ms, until ms): the sessionizer drops events of these accepted before'
+            """,
+        ),
+    ),
 )
 
 MIGRATIONS_TABLE: Final = f"""

@@ -21,7 +21,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,7 +110,6 @@ class OpenSessions:
         # entry per device, moved on lazily when the session grew since it was queued).
         self._deadlines: list[tuple[int, tuple[str, str]]] = []
         self._queued: set[tuple[str, str]] = set()
-        self._erased_since = 0  # newest erasure seen (ms, ClickHouse's clock)
 
     def timeout_ms(self, project: str) -> int:
         return self._timeouts.get(project, DEFAULT_TIMEOUT_MS)
@@ -131,7 +130,6 @@ class OpenSessions:
         """Blocking: fold the batch's (already stored) events into sessions; write the rows.
 
         Returns the number of session rows written."""
-        self._forget_erased()
         generation = self._generation
         by_device: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         for event in events:
@@ -180,27 +178,16 @@ class OpenSessions:
 
         Only when idle: while a backlog is read, the clock is ahead of the events, and letting
         go by it would send every held device down the slow path."""
-        self._forget_erased()
         self._newest_ts = max(self._newest_ts, time.time_ns() // 1_000_000)
         self._signal_timeouts()
         self._sweep()
         return self._write_signals()
 
-    def _forget_erased(self) -> None:
-        """Let go of the devices of persons erased since the last look (``DELETE /v1/persons``):
-        a device that comes back is then recomputed from storage, where its past is gone, instead
-        of extending an erased session held here. Once per batch (before it) and idle tick: one
-        small read. Erasures a second apart or less are read twice (the clock is ClickHouse's,
-        and two may share a millisecond); letting a device go twice costs one recompute."""
-        try:
-            rows = self.warehouse.rows(_ERASURES_SQL, {"since": self._erased_since - 1000})
-        except Exception as exc:
-            log.warning("erasures not read", extra={"error": repr(exc)[:300]})
-            return
-        for row in rows:
-            for device in row["devices"]:
-                self._held.pop((row["project"], device), None)
-            self._erased_since = max(self._erased_since, int(row["at"]))
+    def forget_devices(self, project: str, devices: Iterable[str]) -> None:
+        """Let go of these devices (their person was erased): one that comes back is recomputed
+        from storage, where its past is gone, instead of extending an erased session held here."""
+        for device in devices:
+            self._held.pop((project, device), None)
 
     def _find_recoveries(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Signals of the last day whose person has now reached a goal in a later session, on any
@@ -331,6 +318,9 @@ class OpenSessions:
     def rebuild(self, project: str, devices: Sequence[str]) -> int:
         """Blocking: recompute every session of these devices from their stored events (events
         stored before the sessions table existed, or a repair). Returns the rows written."""
+        return len(self._rebuild(project, devices))
+
+    def _rebuild(self, project: str, devices: Sequence[str]) -> list[dict[str, Any]]:
         everything = {device: (0, _YEAR_2100_MS) for device in devices}
         items: list[tuple[str, list[Mapping[str, Any]]]] = [
             (d, sorted(events, key=event_key)) for d, events in self._stored_events(project, everything).items()
@@ -341,7 +331,19 @@ class OpenSessions:
             self.warehouse.insert_json("sessions", [orjson.dumps(r) for r in rows], SESSION_COLUMNS)
         for device in devices:
             self._held.pop((project, device), None)
-        return len(rows)
+        return rows
+
+    def recompute_after_erasure(self, project: str, devices: Sequence[str]) -> list[str]:
+        """Blocking: some of these devices' stored events were just deleted (a person erased).
+        Their sessions are recomputed from what is left; returns the ids of every other session
+        stored for them (tombstoned or not: they held erased events), whose rows the caller deletes."""
+        alive = {str(r["session_id"]) for r in self._rebuild(project, devices) if not r["is_deleted"]}
+        stored = self.warehouse.rows(
+            "SELECT DISTINCT session_id FROM sessions "
+            "WHERE project = {project:String} AND device IN {devices:Array(String)}",
+            {"project": project, "devices": list(devices)},
+        )
+        return sorted({str(r["session_id"]) for r in stored} - alive)
 
     def _recompute(
         self,
@@ -443,11 +445,6 @@ class OpenSessions:
             del self._held[key]
         OPEN_SESSIONS.set(len(self._held))
 
-
-_ERASURES_SQL = """
-SELECT project, devices, toUnixTimestamp64Milli(erased_at) AS at FROM erasures
-WHERE erased_at >= fromUnixTimestamp64Milli({since:Int64})
-"""
 
 # Signals of these persons not yet recovered, noticed since then, with times in epoch seconds.
 _OPEN_SIGNALS_SQL = f"""

@@ -19,11 +19,13 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.core.erasure import USER_DEVICE_PREFIX, ErasedOwners, Erasure, Owner, delete_stored
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
+from .erasures import Erasures
 from .open_sessions import OpenSessions
 from .rows import event_row, event_values_json, link_rows, rejected_row, session_event
 
@@ -45,6 +47,10 @@ RESENT_IN_BATCH = Counter(
     "touchpoint_sessionizer_resent_in_batch_total", "Earlier copies of an event sent twice within one batch, dropped"
 )
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
+ERASED = Counter(
+    "touchpoint_sessionizer_erased_events_total",
+    "Events of an erased person accepted before the erasure: dropped before the write, or deleted right after it",
+)
 # How long a cancelled pipeline still waits for the write in flight (and its commit).
 WRITE_IN_FLIGHT_GRACE_S = 10.0
 
@@ -72,6 +78,7 @@ class Decoded:
     """One batch, decoded into the rows of each table."""
 
     events: list[bytes] = field(default_factory=list)  # JSONCompactEachRow lines (EVENT_COLUMNS order)
+    owners: list[Owner] = field(default_factory=list)  # whose each line is, for erasures
     # (project, anonymous_id, event_id) of each line: the events table's key
     event_keys: list[tuple[str, str, str]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)  # what sessionization needs of each event
@@ -82,6 +89,7 @@ class Decoded:
 
     def extend(self, other: Decoded) -> None:
         self.events.extend(other.events)
+        self.owners.extend(other.owners)
         self.event_keys.extend(other.event_keys)
         self.sessions.extend(other.sessions)
         self.links.extend(other.links)
@@ -103,10 +111,30 @@ class Decoded:
         kept = [i for i, key in enumerate(self.event_keys) if last[key] == i]
         dropped = len(self.event_keys) - len(kept)
         self.events = [self.events[i] for i in kept]
+        self.owners = [self.owners[i] for i in kept]
         self.event_keys = [self.event_keys[i] for i in kept]
         last_session = {_key(e): i for i, e in enumerate(self.sessions)}
         self.sessions = [e for i, e in enumerate(self.sessions) if last_session[_key(e)] == i]
         return dropped
+
+    def drop_erased(self, owners: ErasedOwners) -> int:
+        """Drop the events of persons erased after they were accepted (still in the log when the
+        erasure ran, or read again after a crash), with the sessions' copies and the identity
+        links they made; returns how many were dropped."""
+        if not owners:
+            return 0
+        gone = [owners.erasure_of(o) is not None for o in self.owners]
+        if not any(gone):
+            return 0
+        erased_keys = {k for k, g in zip(self.event_keys, gone, strict=True) if g}
+        self.events = [e for e, g in zip(self.events, gone, strict=True) if not g]
+        self.owners = [o for o, g in zip(self.owners, gone, strict=True) if not g]
+        self.event_keys = [k for k, g in zip(self.event_keys, gone, strict=True) if not g]
+        self.sessions = [e for e in self.sessions if _key(e) not in erased_keys]
+        self.links = link_rows(
+            [{"project": p, "anonymous_id": a, "user_id": u, "timestamp": ts} for p, a, u, ts, _ in self.owners]
+        )
+        return sum(gone)
 
 
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:
@@ -128,6 +156,15 @@ def decode(records: list[LogRecord]) -> Decoded:
                     out.events.append(event_values_json(row))
                     out.event_keys.append((row["project"], row["anonymous_id"], row["event_id"]))
                     event_records.append(item)
+                    out.owners.append(
+                        (
+                            row["project"],
+                            row["anonymous_id"],
+                            row["user_id"],
+                            int(item["timestamp"]),
+                            int(item["received_at"]),
+                        )
+                    )
                     out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
                     if item.get("late"):
                         out.late += 1  # stored and flagged: sessions that old are final
@@ -184,6 +221,8 @@ class Pipeline:
         self.reader = reader
         self.warehouse = warehouse
         self.sessions = sessions
+        self.erasures = Erasures(warehouse)
+        self._unswept: list[Erasure] = []  # read after a write whose sweep has not finished
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
@@ -293,6 +332,11 @@ class Pipeline:
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
         RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
+        self._let_go(self.erasures.refresh())
+        # After a failed attempt, erasures read after its write may have taken events it stored:
+        # those are dropped from the batch now, so the sweep below looks at the batch as it was.
+        as_written = (decoded.owners, decoded.event_keys) if self._unswept else None
+        ERASED.inc(decoded.drop_erased(self.erasures.owners))
         self.warehouse.insert_json(
             "events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"), fmt="JSONCompactEachRow"
         )
@@ -300,6 +344,51 @@ class Pipeline:
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
         if self.sessions is not None:  # last: it reads the events just stored when it must recompute
             self.sessions.apply(decoded.sessions)
+        # An erasure recorded while this batch was written found none of it stored yet.
+        self._unswept += self.erasures.refresh()
+        self._sweep(self._unswept, *(as_written or (decoded.owners, decoded.event_keys)))
+        self._unswept = []
+
+    def _let_go(self, erasures: list[Erasure]) -> None:
+        if self.sessions is not None:
+            for erasure in erasures:
+                self.sessions.forget_devices(erasure.project, erasure.devices)
+
+    def _sweep(self, erasures: list[Erasure], owners_of: list[Owner], keys: list[tuple[str, str, str]]) -> None:
+        """Delete what this batch just wrote of persons erased meanwhile (the API's second pass
+        deletes what was stored before it recorded the erasure, not what landed after): their
+        events, links and signals; their devices' sessions are recomputed from what is left."""
+        if not erasures:
+            return
+        owners = ErasedOwners(erasures)
+        taken: dict[Erasure, list[tuple[Owner, tuple[str, str, str]]]] = {}
+        for owner, key in zip(owners_of, keys, strict=True):
+            erasure = owners.erasure_of(owner)
+            if erasure is not None:
+                taken.setdefault(erasure, []).append((owner, key))
+        for erasure, events in taken.items():
+            pairs = sorted({(key[1], key[2]) for _, key in events})
+            delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
+            gone: list[str] = []
+            if self.sessions is not None:
+                devices = sorted({owner[1] or USER_DEVICE_PREFIX + owner[2] for owner, _ in events})
+                gone = self.sessions.recompute_after_erasure(erasure.project, devices)
+                delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, [], gone)
+            ERASED.inc(len(pairs))
+            log.info(
+                "events of a person erased during their write deleted",
+                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+            )
+        self._let_go(erasures)
+
+    def _idle(self) -> None:
+        """Blocking: nothing to read. Erasures still apply to the sessions held, then time passes."""
+        assert self.sessions is not None
+        try:
+            self._let_go(self.erasures.refresh())
+        except Exception as exc:
+            log.warning("erasures not read", extra={"error": repr(exc)[:300]})
+        self.sessions.idle()
 
     async def write_with_retry(self, records: list[LogRecord], decoded: Decoded, stop: asyncio.Event) -> bool:
         delay = 0.2
@@ -377,7 +466,7 @@ class Pipeline:
                 elif self.sessions is not None and lag == 0 and not stop.is_set():
                     # Everything read, nothing in flight: time passes by the clock. Not while the
                     # lag is unknown (a broker away): events may be waiting that extend sessions.
-                    await asyncio.to_thread(self.sessions.idle)
+                    await asyncio.to_thread(self._idle)
                 if self._flush_requested.is_set() or stop.is_set():
                     if writing is not None:
                         done, writing = await writing, None
