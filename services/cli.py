@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -266,12 +267,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return supervise(settings, settings.ingest_workers)
     server = uvicorn.Server(_uvicorn_config(build_app(components), settings))
+    # uvicorn drains on SIGTERM, then raises the signal again with the handler it found: ours
+    # turns that into a clean exit (0), where the default handler would end with "killed by
+    # SIGTERM" (-15, exit status 143 in a shell) after a shutdown that went as asked.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         server.run()
     except KeyboardInterrupt:
         # uvicorn shut everything down cleanly, then re-raised Ctrl-C: end quietly.
         return 130
+    except _Terminated:
+        return 0
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised again by uvicorn once it has shut down."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def _uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

@@ -139,8 +139,8 @@ def test_separate_services_ingest_sessionizer_api(kafka: Broker | str, tmp_path:
             return sum(float(m.group(1)) for m in counts if m) >= len(events) + 3
 
         wait_for(written, 60, "the sessionizer to write every event")
-        # SIGTERM drains and commits (uvicorn re-raises the signal after a clean shutdown).
-        assert sessionizer.stop() in (0, -15)
+        # SIGTERM drains and commits, and the process ends with 0: a shutdown that went as asked.
+        assert sessionizer.stop() == 0
         assert '"msg":"sessionizer stopped"' in sessionizer.tail()
     finally:
         ingest.stop()

@@ -33,7 +33,7 @@ def test_up_sigkilled_mid_load(tmp_path: Path) -> None:
     assert first.statuses.get(200, 0) > 20 and first.statuses.get(-1, 0) > 0, first.statuses
     proc.start()
     wait_caught_up(proc)
-    proc.stop()
+    assert proc.stop() == 0  # SIGTERM: drained, then a clean exit
     assert_exact_accounting(first, stored_counts(proc))
 
 
