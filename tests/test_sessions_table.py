@@ -354,7 +354,8 @@ def test_a_device_back_after_its_timeout_gets_its_previous_session_signalled_onc
 def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path, tmp_path: Path) -> None:
     """The sessionizer held the device's open session; after the erasure (DELETE /v1/persons) the
     device's next event, within that session's timeout, must not bring the erased events' counts
-    back in a rewritten row: the next batch lets the erased devices go first."""
+    back in a rewritten row: the read of the erasures after that batch's write recomputes the
+    sessions of the erased devices it touched, and lets them go."""
     from services.api.erasure import erase_person
 
     wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
@@ -368,10 +369,15 @@ def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path
     assert erased is not None and erased["person_id"] == "dora"
     assert erased["deleted"] == {"events": 2, "sessions": 1}
     assert stored_rows(wh, project) == []
-    # Accepted after the erasure: the device came back (one accepted before it would be dropped).
+    # Accepted after the erasure: the device came back (one accepted before it would be dropped),
+    # and Dora logs in again: her new link is kept.
     back = records_of([raw_event(3, "er1", 10, "", 0)], project, received_ms=now_ms() + 1000)
     p.write(back, decode(back))
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(1, "er1")]
+    again = records_of([raw_event(4, "er1", 11, "dora", 0)], project, received_ms=now_ms() + 1000)
+    p.write(again, decode(again))
+    assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(2, "dora")]
+    assert _linked_users(wh, project) == {"dora"}
     assert erase_person(wh, "other-project", "er1") is None  # another project's data is not touched
     assert len(stored_rows(wh, project)) == 1
 

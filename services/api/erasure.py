@@ -4,8 +4,8 @@ The person is the one ``GET /v1/journeys/{id}`` shows (the same stitching rules)
 every device linked to it, or a lone device. A device shared with another user keeps that user's
 events and sessions. Rows go by ClickHouse lightweight ``DELETE`` (gone from every query at once,
 from disk at the next merge). Each erasure is recorded in ``erasures`` (who, how much, when, and
-when each device was theirs; no event data), which the sessionizers read before and after each
-batch: they drop the person's events accepted before the erasure but still in the log, and let
+when each device was theirs; no event data), which the sessionizers read after each batch: they
+drop the person's events accepted before the erasure but still in the log, and let
 go of the devices' sessions held in memory, so a device that comes back starts afresh from
 storage instead of extending an erased session.
 """

@@ -134,11 +134,7 @@ def delete_stored(
             "AND (anonymous_id, event_id) IN {pairs:Array(Tuple(String, String))}",
             {"project": project, "pairs": list(event_pairs[start : start + DELETE_CHUNK])},
         )
-    for start in range(0, len(session_ids), DELETE_CHUNK):
-        warehouse.command(
-            "DELETE FROM sessions WHERE project = {project:String} AND session_id IN {ids:Array(String)}",
-            {"project": project, "ids": list(session_ids[start : start + DELETE_CHUNK])},
-        )
+    delete_sessions(warehouse, project, session_ids)
     warehouse.command(
         "DELETE FROM abandonments WHERE project = {project:String} AND person = {person:String}",
         {"project": project, "person": person},
@@ -147,4 +143,13 @@ def delete_stored(
         warehouse.command(
             "DELETE FROM identity_links WHERE project = {project:String} AND user_id = {person:String}",
             {"project": project, "person": person},
+        )
+
+
+def delete_sessions(warehouse: Warehouse, project: str, session_ids: Sequence[str]) -> None:
+    """Every version of these sessions."""
+    for start in range(0, len(session_ids), DELETE_CHUNK):
+        warehouse.command(
+            "DELETE FROM sessions WHERE project = {project:String} AND session_id IN {ids:Array(String)}",
+            {"project": project, "ids": list(session_ids[start : start + DELETE_CHUNK])},
         )

@@ -1,7 +1,7 @@
 """The erasures a sessionizer honours, read from ClickHouse's ``erasures`` table.
 
-Read once for the last ``HORIZON_MS`` at start, then what is new before and after each batch's
-write (one small read each). Which events they take is the pure rule of services.core.erasure.
+Read once for the last ``HORIZON_MS`` before the first write, then what is new after each
+batch's write and on idle ticks (one small read each). Which events they take is the pure rule of services.core.erasure.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Erasures:
         self.owners = ErasedOwners()
         self._since: int | None = None  # ms: the newest erasure read, less the overlap
         self._known: set[tuple[str, str, int]] = set()
+
+    @property
+    def read(self) -> bool:
+        """Read at least once (the horizon's erasures are known)."""
+        return self._since is not None
 
     def refresh(self) -> list[Erasure]:
         """Blocking: read the erasures recorded since the last look; returns the new ones."""

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.core.erasure import USER_DEVICE_PREFIX, ErasedOwners, Erasure, Owner, delete_stored
+from services.core.erasure import USER_DEVICE_PREFIX, ErasedOwners, Erasure, Owner, delete_sessions, delete_stored
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
@@ -332,7 +332,10 @@ class Pipeline:
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
         RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
-        self._let_go(self.erasures.refresh())
+        # Erasures are read after each write (the read that a sweep needs anyway); the drop below
+        # uses what that read found, and a process reads the last 30 days before its first write.
+        if not self.erasures.read:
+            self._let_go(self.erasures.refresh())
         # After a failed attempt, erasures read after its write may have taken events it stored:
         # those are dropped from the batch now, so the sweep below looks at the batch as it was.
         as_written = (decoded.owners, decoded.event_keys) if self._unswept else None
@@ -355,28 +358,37 @@ class Pipeline:
                 self.sessions.forget_devices(erasure.project, erasure.devices)
 
     def _sweep(self, erasures: list[Erasure], owners_of: list[Owner], keys: list[tuple[str, str, str]]) -> None:
-        """Delete what this batch just wrote of persons erased meanwhile (the API's second pass
-        deletes what was stored before it recorded the erasure, not what landed after): their
-        events, links and signals; their devices' sessions are recomputed from what is left."""
+        """Undo what this batch just wrote for persons erased since the last read: their events
+        it stored (accepted before the erasure; the API's second pass deletes what was stored
+        before it recorded the erasure, not what landed after), with their links and signals,
+        and the sessions of every erased device it touched, recomputed from what is left (a
+        session held in memory and extended here still counted the erased events)."""
         if not erasures:
             return
         owners = ErasedOwners(erasures)
-        taken: dict[Erasure, list[tuple[Owner, tuple[str, str, str]]]] = {}
+        by_device = {(e.project, d): e for e in erasures for d in e.devices}
+        taken: dict[Erasure, set[tuple[str, str]]] = {}
+        touched: dict[Erasure, set[str]] = {}
         for owner, key in zip(owners_of, keys, strict=True):
+            project, anonymous_id, user_id = owner[0], owner[1], owner[2]
+            device = anonymous_id or USER_DEVICE_PREFIX + user_id
             erasure = owners.erasure_of(owner)
             if erasure is not None:
-                taken.setdefault(erasure, []).append((owner, key))
-        for erasure, events in taken.items():
-            pairs = sorted({(key[1], key[2]) for _, key in events})
-            delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
+                taken.setdefault(erasure, set()).add((key[1], key[2]))
+                touched.setdefault(erasure, set()).add(device)
+            elif (project, device) in by_device:
+                touched.setdefault(by_device[(project, device)], set()).add(device)
+        for erasure, devices in touched.items():
+            pairs = sorted(taken.get(erasure, ()))
+            if pairs:  # with their links and signals (not when the person came back: kept)
+                delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
             gone: list[str] = []
             if self.sessions is not None:
-                devices = sorted({owner[1] or USER_DEVICE_PREFIX + owner[2] for owner, _ in events})
-                gone = self.sessions.recompute_after_erasure(erasure.project, devices)
-                delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, [], gone)
+                gone = self.sessions.recompute_after_erasure(erasure.project, sorted(devices))
+                delete_sessions(self.warehouse, erasure.project, gone)
             ERASED.inc(len(pairs))
             log.info(
-                "events of a person erased during their write deleted",
+                "a batch written while a person was erased swept",
                 extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
             )
         self._let_go(erasures)
