@@ -73,12 +73,14 @@ NEWEST_RECEIVED = Gauge(
 LAG = Gauge("touchpoint_sessionizer_consumer_lag", "Records (Kafka) or bytes (embedded log) not yet consumed")
 
 
+_NEVER_RECEIVED = 2**63 - 1
+
+
 @dataclass
 class Decoded:
     """One batch, decoded into the rows of each table."""
 
     events: list[bytes] = field(default_factory=list)  # JSONCompactEachRow lines (EVENT_COLUMNS order)
-    owners: list[Owner] = field(default_factory=list)  # whose each line is, for erasures
     # (project, anonymous_id, event_id) of each line: the events table's key
     event_keys: list[tuple[str, str, str]] = field(default_factory=list)
     sessions: list[dict[str, Any]] = field(default_factory=list)  # what sessionization needs of each event
@@ -86,16 +88,17 @@ class Decoded:
     rejected: list[list[Any]] = field(default_factory=list)
     late: int = 0
     newest_received_ms: int = 0  # when ingest received the newest event of the batch
+    oldest_received_ms: int = _NEVER_RECEIVED  # ... and the oldest: no erasure after it, no owner to look up
 
     def extend(self, other: Decoded) -> None:
         self.events.extend(other.events)
-        self.owners.extend(other.owners)
         self.event_keys.extend(other.event_keys)
         self.sessions.extend(other.sessions)
         self.links.extend(other.links)
         self.rejected.extend(other.rejected)
         self.late += other.late
         self.newest_received_ms = max(self.newest_received_ms, other.newest_received_ms)
+        self.oldest_received_ms = min(self.oldest_received_ms, other.oldest_received_ms)
 
     def keep_last_copies(self) -> int:
         """Drop all but the last copy of each event sent twice within this batch (a client's
@@ -111,7 +114,6 @@ class Decoded:
         kept = [i for i, key in enumerate(self.event_keys) if last[key] == i]
         dropped = len(self.event_keys) - len(kept)
         self.events = [self.events[i] for i in kept]
-        self.owners = [self.owners[i] for i in kept]
         self.event_keys = [self.event_keys[i] for i in kept]
         last_session = {_key(e): i for i, e in enumerate(self.sessions)}
         self.sessions = [e for i, e in enumerate(self.sessions) if last_session[_key(e)] == i]
@@ -121,20 +123,39 @@ class Decoded:
         """Drop the events of persons erased after they were accepted (still in the log when the
         erasure ran, or read again after a crash), with the sessions' copies and the identity
         links they made; returns how many were dropped."""
-        if not owners:
+        if not owners or self.oldest_received_ms > owners.newest_ms:
             return 0
-        gone = [owners.erasure_of(o) is not None for o in self.owners]
+        mine = owners_of(self.events)
+        gone = [owners.erasure_of(o) is not None for o in mine]
         if not any(gone):
             return 0
         erased_keys = {k for k, g in zip(self.event_keys, gone, strict=True) if g}
         self.events = [e for e, g in zip(self.events, gone, strict=True) if not g]
-        self.owners = [o for o, g in zip(self.owners, gone, strict=True) if not g]
+        mine = [o for o, g in zip(mine, gone, strict=True) if not g]
         self.event_keys = [k for k, g in zip(self.event_keys, gone, strict=True) if not g]
         self.sessions = [e for e in self.sessions if _key(e) not in erased_keys]
         self.links = link_rows(
-            [{"project": p, "anonymous_id": a, "user_id": u, "timestamp": ts} for p, a, u, ts, _ in self.owners]
+            [{"project": p, "anonymous_id": a, "user_id": u, "timestamp": ts} for p, a, u, ts, _ in mine]
         )
         return sum(gone)
+
+
+# Where the erasures' rule finds its fields in an events line (EVENT_COLUMNS order).
+_PROJECT, _ANONYMOUS_ID, _USER_ID, _TIMESTAMP, _RECEIVED_AT = (
+    EVENT_COLUMNS.index(c) for c in ("project", "anonymous_id", "user_id", "timestamp", "received_at")
+)
+
+
+def owners_of(lines: list[bytes]) -> list[Owner]:
+    """Whose each events line is, read back from the line: only when an erasure may have taken
+    some (rare), so the hot path builds nothing for it."""
+    out: list[Owner] = []
+    for line in lines:
+        v = orjson.loads(line)
+        out.append(
+            (v[_PROJECT], v[_ANONYMOUS_ID], v[_USER_ID], round(v[_TIMESTAMP] * 1000), round(v[_RECEIVED_AT] * 1000))
+        )
+    return out
 
 
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:
@@ -156,16 +177,11 @@ def decode(records: list[LogRecord]) -> Decoded:
                     out.events.append(event_values_json(row))
                     out.event_keys.append((row["project"], row["anonymous_id"], row["event_id"]))
                     event_records.append(item)
-                    out.owners.append(
-                        (
-                            row["project"],
-                            row["anonymous_id"],
-                            row["user_id"],
-                            int(item["timestamp"]),
-                            int(item["received_at"]),
-                        )
-                    )
-                    out.newest_received_ms = max(out.newest_received_ms, int(item["received_at"]))
+                    received = int(item["received_at"])
+                    if received > out.newest_received_ms:
+                        out.newest_received_ms = received
+                    if received < out.oldest_received_ms:
+                        out.oldest_received_ms = received
                     if item.get("late"):
                         out.late += 1  # stored and flagged: sessions that old are final
                     else:
@@ -338,7 +354,7 @@ class Pipeline:
             self._let_go(self.erasures.refresh())
         # After a failed attempt, erasures read after its write may have taken events it stored:
         # those are dropped from the batch now, so the sweep below looks at the batch as it was.
-        as_written = (decoded.owners, decoded.event_keys) if self._unswept else None
+        as_written = (decoded.events, decoded.event_keys) if self._unswept else None
         ERASED.inc(decoded.drop_erased(self.erasures.owners))
         self.warehouse.insert_json(
             "events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"), fmt="JSONCompactEachRow"
@@ -349,7 +365,7 @@ class Pipeline:
             self.sessions.apply(decoded.sessions)
         # An erasure recorded while this batch was written found none of it stored yet.
         self._unswept += self.erasures.refresh()
-        self._sweep(self._unswept, *(as_written or (decoded.owners, decoded.event_keys)))
+        self._sweep(self._unswept, *(as_written or (decoded.events, decoded.event_keys)))
         self._unswept = []
 
     def _let_go(self, erasures: list[Erasure]) -> None:
@@ -357,7 +373,7 @@ class Pipeline:
             for erasure in erasures:
                 self.sessions.forget_devices(erasure.project, erasure.devices)
 
-    def _sweep(self, erasures: list[Erasure], owners_of: list[Owner], keys: list[tuple[str, str, str]]) -> None:
+    def _sweep(self, erasures: list[Erasure], lines: list[bytes], keys: list[tuple[str, str, str]]) -> None:
         """Undo what this batch just wrote for persons erased since the last read: their events
         it stored (accepted before the erasure; the API's second pass deletes what was stored
         before it recorded the erasure, not what landed after), with their links and signals,
@@ -365,11 +381,11 @@ class Pipeline:
         session held in memory and extended here still counted the erased events)."""
         if not erasures:
             return
-        owners = ErasedOwners(erasures)
+        owners = ErasedOwners(erasures)  # new ones: read back the batch's lines once per erasure
         by_device = {(e.project, d): e for e in erasures for d in e.devices}
         taken: dict[Erasure, set[tuple[str, str]]] = {}
         touched: dict[Erasure, set[str]] = {}
-        for owner, key in zip(owners_of, keys, strict=True):
+        for owner, key in zip(owners_of(lines), keys, strict=True):
             project, anonymous_id, user_id = owner[0], owner[1], owner[2]
             device = anonymous_id or USER_DEVICE_PREFIX + user_id
             erasure = owners.erasure_of(owner)
