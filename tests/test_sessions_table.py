@@ -548,3 +548,41 @@ def test_a_sweep_cut_short_by_a_clickhouse_error_is_finished_by_the_retry(chdb_p
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
     assert _persons(wh, project) == {"bob", "x1"}
     assert _linked_users(wh, project) == {"bob"}
+
+
+def test_a_device_whose_login_was_still_in_the_log_is_erased_when_the_login_is_read(
+    chdb_path: Path, tmp_path: Path
+) -> None:
+    """Dora browsed on her phone (stored, no login yet), then was erased while her login there
+    waited in the log: no erasure could know the phone. When the login is read, the phone's
+    anonymous events accepted before the erasure are hers by the stitching rules and go too;
+    the device is recorded with the erasure, so a restarted sessionizer drops the rest."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, _ = _erasure_scene(wh, tmp_path)
+    browsing = records_of([raw_event(20, "ph", 15, "", 0)], project)
+    p = pipeline(wh, tmp_path, project)
+    p.write(browsing, decode(browsing))
+    assert erase_person(wh, project, "dora") is not None
+    p.erasures.refresh()
+    before = now_ms() - 5000  # accepted before the erasure, read after it
+    more, login = (
+        records_of([raw], project, received_ms=before)
+        for raw in (raw_event(21, "ph", 18, "", 0), raw_event(22, "ph", 19, "dora", 0))
+    )
+    p.write(more, decode(more))
+    assert {"e20", "e21"} <= _stored_ids(wh, project)  # nobody's yet, as far as anyone knows
+    p.write(login, decode(login))
+    assert not {"e20", "e21", "e22"} & _stored_ids(wh, project)
+    assert "ph" not in {r[1] for r in stored_rows(wh, project)}
+    rows = wh.rows(
+        "SELECT devices, events FROM erasures WHERE project = {p:String} AND has(devices, 'ph')", {"p": project}
+    )
+    assert [(r["devices"], r["events"]) for r in rows] == [(["ph"], 2)]
+    late = records_of([raw_event(23, "ph", 25, "", 0)], project, received_ms=before)
+    restarted = pipeline(wh, tmp_path, project)
+    restarted.write(late, decode(late))
+    assert "e23" not in _stored_ids(wh, project)
+    assert _persons(wh, project) == {"bob"}

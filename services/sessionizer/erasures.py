@@ -17,7 +17,8 @@ from services.core.warehouse import Warehouse
 HORIZON_MS: Final = 30 * 24 * 3600 * 1000
 
 # Erasures a second apart or less are read twice (the clock is ClickHouse's and two may share a
-# millisecond); the ones already known are told apart by (project, person, time).
+# millisecond); the ones already known are told apart by (project, person, time, devices): a
+# device found later is recorded with its erasure's time.
 _OVERLAP_MS: Final = 1000
 
 _SQL: Final = """
@@ -32,7 +33,7 @@ class Erasures:
         self.horizon_ms = horizon_ms
         self.owners = ErasedOwners()
         self._since: int | None = None  # ms: the newest erasure read, less the overlap
-        self._known: set[tuple[str, str, int]] = set()
+        self._known: set[tuple[str, str, int, tuple[str, ...]]] = set()
 
     @property
     def read(self) -> bool:
@@ -53,7 +54,7 @@ class Erasures:
                 spans=tuple((str(d), int(lo), int(hi)) for d, lo, hi in row["spans"]),
                 erased_at=int(row["at"]),
             )
-            key = (erasure.project, erasure.person, erasure.erased_at)
+            key = (erasure.project, erasure.person, erasure.erased_at, erasure.devices)
             if key in self._known:
                 continue
             self._known.add(key)

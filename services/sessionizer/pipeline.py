@@ -14,14 +14,24 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.core.erasure import USER_DEVICE_PREFIX, ErasedOwners, Erasure, Owner, delete_sessions, delete_stored
+from services.core.erasure import (
+    USER_DEVICE_PREFIX,
+    ErasedOwners,
+    Erasure,
+    Owner,
+    delete_sessions,
+    delete_stored,
+    owned_spans,
+)
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
+from services.core.identity import Link
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
@@ -119,16 +129,18 @@ class Decoded:
         self.sessions = [e for i, e in enumerate(self.sessions) if last_session[_key(e)] == i]
         return dropped
 
-    def drop_erased(self, owners: ErasedOwners) -> int:
+    def drop_erased(self, owners: ErasedOwners) -> list[tuple[Owner, Erasure]]:
         """Drop the events of persons erased after they were accepted (still in the log when the
         erasure ran, or read again after a crash), with the sessions' copies and the identity
-        links they made; returns how many were dropped."""
+        links they made; returns the dropped events with the erasure that took each."""
         if not owners or self.oldest_received_ms > owners.newest_ms:
-            return 0
+            return []
         mine = owners_of(self.events)
-        gone = [owners.erasure_of(o) is not None for o in mine]
+        took = [owners.erasure_of(o) for o in mine]
+        gone = [t is not None for t in took]
         if not any(gone):
-            return 0
+            return []
+        dropped = [(o, t) for o, t in zip(mine, took, strict=True) if t is not None]
         erased_keys = {k for k, g in zip(self.event_keys, gone, strict=True) if g}
         self.events = [e for e, g in zip(self.events, gone, strict=True) if not g]
         mine = [o for o, g in zip(mine, gone, strict=True) if not g]
@@ -137,7 +149,7 @@ class Decoded:
         self.links = link_rows(
             [{"project": p, "anonymous_id": a, "user_id": u, "timestamp": ts} for p, a, u, ts, _ in mine]
         )
-        return sum(gone)
+        return dropped
 
 
 # Where the erasures' rule finds its fields in an events line (EVENT_COLUMNS order).
@@ -156,6 +168,17 @@ def owners_of(lines: list[bytes]) -> list[Owner]:
             (v[_PROJECT], v[_ANONYMOUS_ID], v[_USER_ID], round(v[_TIMESTAMP] * 1000), round(v[_RECEIVED_AT] * 1000))
         )
     return out
+
+
+def devices_found(dropped: list[tuple[Owner, Erasure]]) -> dict[tuple[Erasure, str], int]:
+    """Devices an erased user logged in on that her erasure did not know (the login was still in
+    the log), with the time of her first event there."""
+    found: dict[tuple[Erasure, str], int] = {}
+    for (_, anonymous_id, user_id, ts, _), erasure in dropped:
+        if anonymous_id and user_id == erasure.person and anonymous_id not in erasure.devices:
+            key = (erasure, anonymous_id)
+            found[key] = min(found.get(key, ts), ts)
+    return found
 
 
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:
@@ -239,6 +262,7 @@ class Pipeline:
         self.sessions = sessions
         self.erasures = Erasures(warehouse)
         self._unswept: list[Erasure] = []  # read after a write whose sweep has not finished
+        self._unclaimed: dict[tuple[Erasure, str], int] = {}  # see _claim
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
@@ -355,7 +379,9 @@ class Pipeline:
         # After a failed attempt, erasures read after its write may have taken events it stored:
         # those are dropped from the batch now, so the sweep below looks at the batch as it was.
         as_written = (decoded.events, decoded.event_keys) if self._unswept else None
-        ERASED.inc(decoded.drop_erased(self.erasures.owners))
+        dropped = decoded.drop_erased(self.erasures.owners)
+        ERASED.inc(len(dropped))
+        self._unclaimed.update(devices_found(dropped))
         self.warehouse.insert_json(
             "events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"), fmt="JSONCompactEachRow"
         )
@@ -367,6 +393,8 @@ class Pipeline:
         self._unswept += self.erasures.refresh()
         self._sweep(self._unswept, *(as_written or (decoded.events, decoded.event_keys)))
         self._unswept = []
+        self._claim(self._unclaimed)
+        self._unclaimed = {}
 
     def _let_go(self, erasures: list[Erasure]) -> None:
         if self.sessions is not None:
@@ -392,6 +420,7 @@ class Pipeline:
             if erasure is not None:
                 taken.setdefault(erasure, set()).add((key[1], key[2]))
                 touched.setdefault(erasure, set()).add(device)
+                self._unclaimed.update(devices_found([(owner, erasure)]))
             elif (project, device) in by_device:
                 touched.setdefault(by_device[(project, device)], set()).add(device)
         for erasure, devices in touched.items():
@@ -408,6 +437,65 @@ class Pipeline:
                 extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
             )
         self._let_go(erasures)
+
+    def _claim(self, found: dict[tuple[Erasure, str], int]) -> None:
+        """A device first linked to an erased user by an event that was itself still in the log
+        when the erasure ran: by the stitching rules her anonymous events on it (from before
+        that login on) were hers too, and no erasure could see them. They go now, those
+        accepted before the erasure, with the device's sessions recomputed; the device is
+        added to the erasure (a row of ``erasures`` at the same time) for what is still unread."""
+        for (erasure, device), first_ts in found.items():
+            links = [
+                Link(device, str(r["user_id"]), int(r["first_seen"]), int(r["first_seen"]))
+                for r in self.warehouse.rows(
+                    "SELECT user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
+                    "WHERE project = {project:String} AND anonymous_id = {device:String} GROUP BY user_id",
+                    {"project": erasure.project, "device": device},
+                )
+            ]
+            links.append(Link(device, erasure.person, first_ts, first_ts))
+            spans = tuple(owned_spans(erasure.person, [device], links))
+            claimed = Erasure(erasure.project, erasure.person, (device,), spans, erasure.erased_at)
+            rule = ErasedOwners([claimed])
+            stored = self.warehouse.rows(
+                "SELECT DISTINCT project, anonymous_id, user_id, event_id, toUnixTimestamp64Milli(timestamp) AS ts, "
+                "toUnixTimestamp64Milli(received_at) AS received FROM events "
+                "WHERE project = {project:String} AND anonymous_id = {device:String}",
+                {"project": erasure.project, "device": device},
+            )
+            pairs = sorted(
+                {
+                    (device, str(r["event_id"]))
+                    for r in stored
+                    if rule.erasure_of((r["project"], device, r["user_id"], int(r["ts"]), int(r["received"])))
+                }
+            )
+            delete_stored(self.warehouse, erasure.project, device, False, pairs, [])
+            gone: list[str] = []
+            if self.sessions is not None:
+                gone = self.sessions.recompute_after_erasure(erasure.project, [device])
+                delete_sessions(self.warehouse, erasure.project, gone)
+            self.warehouse.insert(
+                "erasures",
+                [
+                    [
+                        erasure.project,
+                        erasure.person,
+                        [device],
+                        list(spans),
+                        len(pairs),
+                        len(gone),
+                        datetime.fromtimestamp(erasure.erased_at / 1000, tz=UTC),  # the erasure's own time
+                    ]
+                ],
+                ["project", "person", "devices", "spans", "events", "sessions", "erased_at"],
+            )
+            self.erasures.owners.add(claimed)
+            ERASED.inc(len(pairs))
+            log.info(
+                "a device of an erased person found in the log; its events before the erasure erased",
+                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+            )
 
     def _idle(self) -> None:
         """Blocking: nothing to read. Erasures still apply to the sessions held, then time passes."""
