@@ -1,7 +1,8 @@
 """The erasures a sessionizer honours, read from ClickHouse's ``erasures`` table.
 
 Read once for the last ``HORIZON_MS`` before the first write, then what is new after each
-batch's write and on idle ticks (one small read each). Which events they take is the pure rule of services.core.erasure.
+batch's write and on idle ticks (one small read each). Which events they take is the pure rule
+of services.core.erasure.
 """
 
 from __future__ import annotations
