@@ -471,7 +471,7 @@ def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_pa
     wh.migrate()
     project, _, lagging = _erasure_scene(wh, tmp_path)
     p = pipeline(wh, tmp_path, project)
-    p.erasures.refresh()  # as the batch before did
+    p.erasure_guard.erasures.refresh()  # as the batch before did
     real_insert = wh.insert_json
 
     def erase_then_insert(table: str, *args: Any, **kwargs: Any) -> None:
@@ -522,7 +522,7 @@ def test_a_sweep_cut_short_by_a_clickhouse_error_is_finished_by_the_retry(chdb_p
     wh.migrate()
     project, _, lagging = _erasure_scene(wh, tmp_path)
     p = pipeline(wh, tmp_path, project)
-    p.erasures.refresh()
+    p.erasure_guard.erasures.refresh()
     real_insert, real_command = wh.insert_json, wh.command
     erased: list[Any] = []
     failed: list[str] = []
@@ -566,7 +566,7 @@ def test_a_device_whose_login_was_still_in_the_log_is_erased_when_the_login_is_r
     p = pipeline(wh, tmp_path, project)
     p.write(browsing, decode(browsing))
     assert erase_person(wh, project, "dora") is not None
-    p.erasures.refresh()
+    p.erasure_guard.erasures.refresh()
     before = now_ms() - 5000  # accepted before the erasure, read after it
     more, login = (
         records_of([raw], project, received_ms=before)

@@ -1,17 +1,46 @@
-"""The erasures a sessionizer honours, read from ClickHouse's ``erasures`` table.
+"""The erasures a sessionizer honours: the erasure step of each batch's write.
 
-Read once for the last ``HORIZON_MS`` before the first write, then what is new after each
-batch's write and on idle ticks (one small read each). Which events they take is the pure rule
-of services.core.erasure.
+``Erasures`` reads ClickHouse's ``erasures`` table: the last ``HORIZON_MS`` before the first
+write, then what is new after each write and on idle ticks (one small read each).
+``ErasureGuard`` applies them around the write: before it, drops the events that known erasures
+took; after it, sweeps what the batch stored of persons erased meanwhile and erases the devices
+found late. Which events an erasure takes is the pure rule of services.core.erasure;
+``docs/design.md`` ("Erasing a person") says why each step is there.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import Any, Final
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
 
-from services.core.erasure import ErasedOwners, Erasure
+from prometheus_client import Counter
+
+from services.core.erasure import (
+    USER_DEVICE_PREFIX,
+    ErasedOwners,
+    Erasure,
+    Owner,
+    delete_sessions,
+    delete_stored,
+    owned_spans,
+)
+from services.core.identity import Link
 from services.core.warehouse import Warehouse
+
+from .open_sessions import OpenSessions
+from .rows import owners_of
+
+if TYPE_CHECKING:
+    from .pipeline import Decoded
+
+log = logging.getLogger("touchpoint.sessionizer")
+
+ERASED = Counter(
+    "touchpoint_sessionizer_erased_events_total",
+    "Events of an erased person accepted before the erasure: dropped before the write, or deleted right after it",
+)
 
 # Events accepted longer ago than this are not waiting in the log any more (Kafka keeps a topic's
 # records 7 days unless told otherwise; the embedded log drops what was committed).
@@ -67,3 +96,155 @@ class Erasures:
             self._known = {k for k in self._known if k[2] >= self._since}
             self.owners.prune(now - self.horizon_ms)
         return new
+
+
+class ErasureGuard:
+    """The erasure step around one batch's write (in the writer thread, one batch at a time)."""
+
+    def __init__(self, warehouse: Warehouse, sessions: OpenSessions | None) -> None:
+        self.warehouse = warehouse
+        self.sessions = sessions
+        self.erasures = Erasures(warehouse)
+        self._unswept: list[Erasure] = []  # read after a write whose sweep has not finished
+        self._unclaimed: dict[tuple[Erasure, str], int] = {}  # see _claim
+
+    def before_insert(self, decoded: Decoded) -> tuple[list[bytes], list[tuple[str, str, str]]]:
+        """Drop the batch's events that known erasures took; returns the batch's lines and keys as
+        they were, for ``after_write`` (after a failed attempt, erasures read after its write may
+        have taken events it stored, which this attempt drops before its insert)."""
+        # Erasures are read after each write (the read that a sweep needs anyway); the drop uses
+        # what that read found, and a process reads the last 30 days before its first write.
+        if not self.erasures.read:
+            self._let_go(self.erasures.refresh())
+        as_written = (decoded.events, decoded.event_keys)
+        dropped = decoded.drop_erased(self.erasures.owners)
+        ERASED.inc(len(dropped))
+        self._unclaimed.update(devices_found(dropped))
+        return as_written
+
+    def after_write(self, lines: list[bytes], keys: list[tuple[str, str, str]]) -> None:
+        """An erasure recorded while the batch was written found none of it stored yet."""
+        self._unswept += self.erasures.refresh()
+        self._sweep(self._unswept, lines, keys)
+        self._unswept = []
+        self._claim(self._unclaimed)
+        self._unclaimed = {}
+
+    def idle(self) -> None:
+        """Nothing to read: erasures still let go of the sessions held."""
+        try:
+            self._let_go(self.erasures.refresh())
+        except Exception as exc:
+            log.warning("erasures not read", extra={"error": repr(exc)[:300]})
+
+    def _let_go(self, erasures: list[Erasure]) -> None:
+        if self.sessions is not None:
+            for erasure in erasures:
+                self.sessions.forget_devices(erasure.project, erasure.devices)
+
+    def _sweep(self, erasures: list[Erasure], lines: list[bytes], keys: list[tuple[str, str, str]]) -> None:
+        """Undo what this batch just wrote for persons erased since the last read: their events
+        it stored (accepted before the erasure; the API's second pass deletes what was stored
+        before it recorded the erasure, not what landed after), with their links and signals,
+        and the sessions of every erased device it touched, recomputed from what is left (a
+        session held in memory and extended here still counted the erased events)."""
+        if not erasures:
+            return
+        owners = ErasedOwners(erasures)  # new ones: read back the batch's lines once per erasure
+        by_device = {(e.project, d): e for e in erasures for d in e.devices}
+        taken: dict[Erasure, set[tuple[str, str]]] = {}
+        touched: dict[Erasure, set[str]] = {}
+        for owner, key in zip(owners_of(lines), keys, strict=True):
+            project, anonymous_id, user_id = owner[0], owner[1], owner[2]
+            device = anonymous_id or USER_DEVICE_PREFIX + user_id
+            erasure = owners.erasure_of(owner)
+            if erasure is not None:
+                taken.setdefault(erasure, set()).add((key[1], key[2]))
+                touched.setdefault(erasure, set()).add(device)
+                self._unclaimed.update(devices_found([(owner, erasure)]))
+            elif (project, device) in by_device:
+                touched.setdefault(by_device[(project, device)], set()).add(device)
+        for erasure, devices in touched.items():
+            pairs = sorted(taken.get(erasure, ()))
+            if pairs:  # with their links and signals (not when the person came back: kept)
+                delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
+            gone: list[str] = []
+            if self.sessions is not None:
+                gone = self.sessions.recompute_after_erasure(erasure.project, sorted(devices))
+                delete_sessions(self.warehouse, erasure.project, gone)
+            ERASED.inc(len(pairs))
+            log.info(
+                "a batch written while a person was erased swept",
+                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+            )
+        self._let_go(erasures)
+
+    def _claim(self, found: dict[tuple[Erasure, str], int]) -> None:
+        """A device first linked to an erased user by an event that was itself still in the log
+        when the erasure ran: by the stitching rules her anonymous events on it (from before
+        that login on) were hers too, and no erasure could see them. They go now, those
+        accepted before the erasure, with the device's sessions recomputed; the device is
+        added to the erasure (a row of ``erasures`` at the same time) for what is still unread."""
+        for (erasure, device), first_ts in found.items():
+            links = [
+                Link(device, str(r["user_id"]), int(r["first_seen"]), int(r["first_seen"]))
+                for r in self.warehouse.rows(
+                    "SELECT user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
+                    "WHERE project = {project:String} AND anonymous_id = {device:String} GROUP BY user_id",
+                    {"project": erasure.project, "device": device},
+                )
+            ]
+            links.append(Link(device, erasure.person, first_ts, first_ts))
+            spans = tuple(owned_spans(erasure.person, [device], links))
+            claimed = Erasure(erasure.project, erasure.person, (device,), spans, erasure.erased_at)
+            rule = ErasedOwners([claimed])
+            stored = self.warehouse.rows(
+                "SELECT DISTINCT project, anonymous_id, user_id, event_id, toUnixTimestamp64Milli(timestamp) AS ts, "
+                "toUnixTimestamp64Milli(received_at) AS received FROM events "
+                "WHERE project = {project:String} AND anonymous_id = {device:String}",
+                {"project": erasure.project, "device": device},
+            )
+            pairs = sorted(
+                {
+                    (device, str(r["event_id"]))
+                    for r in stored
+                    if rule.erasure_of((r["project"], device, r["user_id"], int(r["ts"]), int(r["received"])))
+                }
+            )
+            delete_stored(self.warehouse, erasure.project, device, False, pairs, [])
+            gone: list[str] = []
+            if self.sessions is not None:
+                gone = self.sessions.recompute_after_erasure(erasure.project, [device])
+                delete_sessions(self.warehouse, erasure.project, gone)
+            self.warehouse.insert(
+                "erasures",
+                [
+                    [
+                        erasure.project,
+                        erasure.person,
+                        [device],
+                        list(spans),
+                        len(pairs),
+                        len(gone),
+                        datetime.fromtimestamp(erasure.erased_at / 1000, tz=UTC),  # the erasure's own time
+                    ]
+                ],
+                ["project", "person", "devices", "spans", "events", "sessions", "erased_at"],
+            )
+            self.erasures.owners.add(claimed)
+            ERASED.inc(len(pairs))
+            log.info(
+                "a device of an erased person found in the log; its events before the erasure erased",
+                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+            )
+
+
+def devices_found(dropped: list[tuple[Owner, Erasure]]) -> dict[tuple[Erasure, str], int]:
+    """Devices an erased user logged in on that her erasure did not know (the login was still in
+    the log), with the time of her first event there."""
+    found: dict[tuple[Erasure, str], int] = {}
+    for (_, anonymous_id, user_id, ts, _), erasure in dropped:
+        if anonymous_id and user_id == erasure.person and anonymous_id not in erasure.devices:
+            key = (erasure, anonymous_id)
+            found[key] = min(found.get(key, ts), ts)
+    return found

@@ -3,7 +3,8 @@
 Offsets are committed only after ClickHouse accepted every row of the batch.
 While ClickHouse fails, the batch is retried with backoff and nothing new is
 polled (back-pressure, not an unbounded buffer). A record that cannot be decoded
-is written to ``rejected_events`` with its reason; the consumer goes on.
+is written to ``rejected_events`` with its reason; the consumer goes on. Around
+each write, ``erasures.ErasureGuard`` keeps erased persons' events out.
 """
 
 from __future__ import annotations
@@ -14,30 +15,20 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from services.core.erasure import (
-    USER_DEVICE_PREFIX,
-    ErasedOwners,
-    Erasure,
-    Owner,
-    delete_sessions,
-    delete_stored,
-    owned_spans,
-)
+from services.core.erasure import ErasedOwners, Erasure, Owner
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
-from services.core.identity import Link
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.warehouse import Warehouse
 
-from .erasures import Erasures
+from .erasures import ErasureGuard
 from .open_sessions import OpenSessions
-from .rows import event_row, event_values_json, link_rows, rejected_row, session_event
+from .rows import event_row, event_values_json, link_rows, owners_of, rejected_row, session_event
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -57,10 +48,6 @@ RESENT_IN_BATCH = Counter(
     "touchpoint_sessionizer_resent_in_batch_total", "Earlier copies of an event sent twice within one batch, dropped"
 )
 LATE = Counter("touchpoint_sessionizer_late_events_total", "Events received later than the allowed lateness")
-ERASED = Counter(
-    "touchpoint_sessionizer_erased_events_total",
-    "Events of an erased person accepted before the erasure: dropped before the write, or deleted right after it",
-)
 # How long a cancelled pipeline still waits for the write in flight (and its commit).
 WRITE_IN_FLIGHT_GRACE_S = 10.0
 
@@ -152,35 +139,6 @@ class Decoded:
         return dropped
 
 
-# Where the erasures' rule finds its fields in an events line (EVENT_COLUMNS order).
-_PROJECT, _ANONYMOUS_ID, _USER_ID, _TIMESTAMP, _RECEIVED_AT = (
-    EVENT_COLUMNS.index(c) for c in ("project", "anonymous_id", "user_id", "timestamp", "received_at")
-)
-
-
-def owners_of(lines: list[bytes]) -> list[Owner]:
-    """Whose each events line is, read back from the line: only when an erasure may have taken
-    some (rare), so the hot path builds nothing for it."""
-    out: list[Owner] = []
-    for line in lines:
-        v = orjson.loads(line)
-        out.append(
-            (v[_PROJECT], v[_ANONYMOUS_ID], v[_USER_ID], round(v[_TIMESTAMP] * 1000), round(v[_RECEIVED_AT] * 1000))
-        )
-    return out
-
-
-def devices_found(dropped: list[tuple[Owner, Erasure]]) -> dict[tuple[Erasure, str], int]:
-    """Devices an erased user logged in on that her erasure did not know (the login was still in
-    the log), with the time of her first event there."""
-    found: dict[tuple[Erasure, str], int] = {}
-    for (_, anonymous_id, user_id, ts, _), erasure in dropped:
-        if anonymous_id and user_id == erasure.person and anonymous_id not in erasure.devices:
-            key = (erasure, anonymous_id)
-            found[key] = min(found.get(key, ts), ts)
-    return found
-
-
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:
     return event["project"], event["anonymous_id"], event["event_id"]
 
@@ -260,9 +218,7 @@ class Pipeline:
         self.reader = reader
         self.warehouse = warehouse
         self.sessions = sessions
-        self.erasures = Erasures(warehouse)
-        self._unswept: list[Erasure] = []  # read after a write whose sweep has not finished
-        self._unclaimed: dict[tuple[Erasure, str], int] = {}  # see _claim
+        self.erasure_guard = ErasureGuard(warehouse, sessions)
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
@@ -372,16 +328,7 @@ class Pipeline:
     def write(self, records: list[LogRecord], decoded: Decoded) -> None:
         """Blocking: insert every table's rows of one batch."""
         RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
-        # Erasures are read after each write (the read that a sweep needs anyway); the drop below
-        # uses what that read found, and a process reads the last 30 days before its first write.
-        if not self.erasures.read:
-            self._let_go(self.erasures.refresh())
-        # After a failed attempt, erasures read after its write may have taken events it stored:
-        # those are dropped from the batch now, so the sweep below looks at the batch as it was.
-        as_written = (decoded.events, decoded.event_keys) if self._unswept else None
-        dropped = decoded.drop_erased(self.erasures.owners)
-        ERASED.inc(len(dropped))
-        self._unclaimed.update(devices_found(dropped))
+        as_written = self.erasure_guard.before_insert(decoded)
         self.warehouse.insert_json(
             "events", decoded.events, EVENT_COLUMNS, batch_token(records, "events"), fmt="JSONCompactEachRow"
         )
@@ -389,121 +336,12 @@ class Pipeline:
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
         if self.sessions is not None:  # last: it reads the events just stored when it must recompute
             self.sessions.apply(decoded.sessions)
-        # An erasure recorded while this batch was written found none of it stored yet.
-        self._unswept += self.erasures.refresh()
-        self._sweep(self._unswept, *(as_written or (decoded.events, decoded.event_keys)))
-        self._unswept = []
-        self._claim(self._unclaimed)
-        self._unclaimed = {}
-
-    def _let_go(self, erasures: list[Erasure]) -> None:
-        if self.sessions is not None:
-            for erasure in erasures:
-                self.sessions.forget_devices(erasure.project, erasure.devices)
-
-    def _sweep(self, erasures: list[Erasure], lines: list[bytes], keys: list[tuple[str, str, str]]) -> None:
-        """Undo what this batch just wrote for persons erased since the last read: their events
-        it stored (accepted before the erasure; the API's second pass deletes what was stored
-        before it recorded the erasure, not what landed after), with their links and signals,
-        and the sessions of every erased device it touched, recomputed from what is left (a
-        session held in memory and extended here still counted the erased events)."""
-        if not erasures:
-            return
-        owners = ErasedOwners(erasures)  # new ones: read back the batch's lines once per erasure
-        by_device = {(e.project, d): e for e in erasures for d in e.devices}
-        taken: dict[Erasure, set[tuple[str, str]]] = {}
-        touched: dict[Erasure, set[str]] = {}
-        for owner, key in zip(owners_of(lines), keys, strict=True):
-            project, anonymous_id, user_id = owner[0], owner[1], owner[2]
-            device = anonymous_id or USER_DEVICE_PREFIX + user_id
-            erasure = owners.erasure_of(owner)
-            if erasure is not None:
-                taken.setdefault(erasure, set()).add((key[1], key[2]))
-                touched.setdefault(erasure, set()).add(device)
-                self._unclaimed.update(devices_found([(owner, erasure)]))
-            elif (project, device) in by_device:
-                touched.setdefault(by_device[(project, device)], set()).add(device)
-        for erasure, devices in touched.items():
-            pairs = sorted(taken.get(erasure, ()))
-            if pairs:  # with their links and signals (not when the person came back: kept)
-                delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
-            gone: list[str] = []
-            if self.sessions is not None:
-                gone = self.sessions.recompute_after_erasure(erasure.project, sorted(devices))
-                delete_sessions(self.warehouse, erasure.project, gone)
-            ERASED.inc(len(pairs))
-            log.info(
-                "a batch written while a person was erased swept",
-                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
-            )
-        self._let_go(erasures)
-
-    def _claim(self, found: dict[tuple[Erasure, str], int]) -> None:
-        """A device first linked to an erased user by an event that was itself still in the log
-        when the erasure ran: by the stitching rules her anonymous events on it (from before
-        that login on) were hers too, and no erasure could see them. They go now, those
-        accepted before the erasure, with the device's sessions recomputed; the device is
-        added to the erasure (a row of ``erasures`` at the same time) for what is still unread."""
-        for (erasure, device), first_ts in found.items():
-            links = [
-                Link(device, str(r["user_id"]), int(r["first_seen"]), int(r["first_seen"]))
-                for r in self.warehouse.rows(
-                    "SELECT user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
-                    "WHERE project = {project:String} AND anonymous_id = {device:String} GROUP BY user_id",
-                    {"project": erasure.project, "device": device},
-                )
-            ]
-            links.append(Link(device, erasure.person, first_ts, first_ts))
-            spans = tuple(owned_spans(erasure.person, [device], links))
-            claimed = Erasure(erasure.project, erasure.person, (device,), spans, erasure.erased_at)
-            rule = ErasedOwners([claimed])
-            stored = self.warehouse.rows(
-                "SELECT DISTINCT project, anonymous_id, user_id, event_id, toUnixTimestamp64Milli(timestamp) AS ts, "
-                "toUnixTimestamp64Milli(received_at) AS received FROM events "
-                "WHERE project = {project:String} AND anonymous_id = {device:String}",
-                {"project": erasure.project, "device": device},
-            )
-            pairs = sorted(
-                {
-                    (device, str(r["event_id"]))
-                    for r in stored
-                    if rule.erasure_of((r["project"], device, r["user_id"], int(r["ts"]), int(r["received"])))
-                }
-            )
-            delete_stored(self.warehouse, erasure.project, device, False, pairs, [])
-            gone: list[str] = []
-            if self.sessions is not None:
-                gone = self.sessions.recompute_after_erasure(erasure.project, [device])
-                delete_sessions(self.warehouse, erasure.project, gone)
-            self.warehouse.insert(
-                "erasures",
-                [
-                    [
-                        erasure.project,
-                        erasure.person,
-                        [device],
-                        list(spans),
-                        len(pairs),
-                        len(gone),
-                        datetime.fromtimestamp(erasure.erased_at / 1000, tz=UTC),  # the erasure's own time
-                    ]
-                ],
-                ["project", "person", "devices", "spans", "events", "sessions", "erased_at"],
-            )
-            self.erasures.owners.add(claimed)
-            ERASED.inc(len(pairs))
-            log.info(
-                "a device of an erased person found in the log; its events before the erasure erased",
-                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
-            )
+        self.erasure_guard.after_write(*as_written)
 
     def _idle(self) -> None:
         """Blocking: nothing to read. Erasures still apply to the sessions held, then time passes."""
         assert self.sessions is not None
-        try:
-            self._let_go(self.erasures.refresh())
-        except Exception as exc:
-            log.warning("erasures not read", extra={"error": repr(exc)[:300]})
+        self.erasure_guard.idle()
         self.sessions.idle()
 
     async def write_with_retry(self, records: list[LogRecord], decoded: Decoded, stop: asyncio.Event) -> bool:
