@@ -154,6 +154,7 @@ class ErasureGuard:
         by_device = {(e.project, d): e for e in erasures for d in e.devices}
         taken: dict[Erasure, set[tuple[str, str]]] = {}
         touched: dict[Erasure, set[str]] = {}
+        took: list[tuple[Owner, Erasure]] = []
         for owner, key in zip(owners_of(lines), keys, strict=True):
             project, anonymous_id, user_id = owner[0], owner[1], owner[2]
             device = anonymous_id or USER_DEVICE_PREFIX + user_id
@@ -161,23 +162,29 @@ class ErasureGuard:
             if erasure is not None:
                 taken.setdefault(erasure, set()).add((key[1], key[2]))
                 touched.setdefault(erasure, set()).add(device)
-                self._unclaimed.update(devices_found([(owner, erasure)]))
+                took.append((owner, erasure))
             elif (project, device) in by_device:
                 touched.setdefault(by_device[(project, device)], set()).add(device)
+        self._unclaimed.update(devices_found(took))
         for erasure, devices in touched.items():
             pairs = sorted(taken.get(erasure, ()))
             if pairs:  # with their links and signals (not when the person came back: kept)
                 delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
-            gone: list[str] = []
-            if self.sessions is not None:
-                gone = self.sessions.recompute_after_erasure(erasure.project, sorted(devices))
-                delete_sessions(self.warehouse, erasure.project, gone)
+            gone = self._recompute_sessions(erasure.project, sorted(devices))
             ERASED.inc(len(pairs))
             log.info(
                 "a batch written while a person was erased swept",
                 extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
             )
         self._let_go(erasures)
+
+    def _recompute_sessions(self, project: str, devices: list[str]) -> list[str]:
+        """The devices' sessions from their events left; the ids of those gone, deleted."""
+        if self.sessions is None:
+            return []
+        gone = self.sessions.recompute_after_erasure(project, devices)
+        delete_sessions(self.warehouse, project, gone)
+        return gone
 
     def _claim(self, found: dict[tuple[Erasure, str], int]) -> None:
         """A device first linked to an erased user by an event that was itself still in the log
@@ -212,10 +219,7 @@ class ErasureGuard:
                 }
             )
             delete_stored(self.warehouse, erasure.project, device, False, pairs, [])
-            gone: list[str] = []
-            if self.sessions is not None:
-                gone = self.sessions.recompute_after_erasure(erasure.project, [device])
-                delete_sessions(self.warehouse, erasure.project, gone)
+            gone = self._recompute_sessions(erasure.project, [device])
             self.warehouse.insert(
                 "erasures",
                 [
