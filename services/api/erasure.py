@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from services.core.erasure import USER_DEVICE_PREFIX, delete_stored, owned_spans
+from services.core.erasure import USER_DEVICE_PREFIX, delete_sessions, delete_stored, owned_spans
 from services.core.events import iso
 from services.core.identity import events_of_person
 from services.core.warehouse import Warehouse
@@ -63,7 +63,7 @@ def erase_person(
     if late_pairs and recompute is not None:
         devices = sorted({a or USER_DEVICE_PREFIX + who.person_id for a, _ in late_pairs})
         gone = [s for s in recompute(project, devices) if s not in late_sessions]
-        delete_stored(warehouse, project, who.person_id, who.is_user, [], gone)
+        delete_sessions(warehouse, project, gone)  # signals and links went in the line above
         late_sessions = late_sessions + gone
     return {
         "person_id": who.person_id,
