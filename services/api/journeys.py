@@ -14,6 +14,7 @@ import orjson
 
 from services.core.events import TIMING_FIELDS, iso
 from services.core.identity import Link, events_of_person, person_of
+from services.core.links import stored_links
 from services.core.sessions import Session, sessionize
 from services.core.warehouse import Warehouse
 
@@ -33,16 +34,6 @@ def ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def _links(warehouse: Warehouse, project: str, where: str, params: dict[str, Any]) -> list[Link]:
-    rows = warehouse.rows(
-        "SELECT anonymous_id, user_id, min(first_seen) AS first_seen, max(last_seen) AS last_seen "
-        f"FROM identity_links WHERE project = {{project:String}} AND ({where}) "
-        "GROUP BY anonymous_id, user_id",
-        {"project": project, **params},
-    )
-    return [Link(r["anonymous_id"], r["user_id"], ms(r["first_seen"]), ms(r["last_seen"])) for r in rows]
-
-
 @dataclass(frozen=True)
 class Person:
     """Whom an id names: a user id (with every device linked to it) or a lone device."""
@@ -55,7 +46,7 @@ class Person:
 
 def resolve_person(warehouse: Warehouse, project: str, identifier: str) -> Person:
     """The person ``identifier`` names, by the stitching rules of services.core.identity."""
-    direct = _links(warehouse, project, "user_id = {id:String} OR anonymous_id = {id:String}", {"id": identifier})
+    direct = stored_links(warehouse, project, devices=[identifier], users=[identifier])
     is_user = any(link.user_id == identifier for link in direct) or bool(
         warehouse.rows(
             "SELECT 1 FROM events WHERE project = {project:String} AND user_id = {id:String} LIMIT 1",
@@ -65,11 +56,9 @@ def resolve_person(warehouse: Warehouse, project: str, identifier: str) -> Perso
     person = person_of(identifier, direct, {identifier} if is_user else set())
     if not (is_user or person != identifier):
         return Person(identifier, False, [identifier], [])
-    own = _links(warehouse, project, "user_id = {person:String}", {"person": person})
+    own = stored_links(warehouse, project, users=[person])
     devices = sorted({link.anonymous_id for link in own})
-    links = (
-        _links(warehouse, project, "anonymous_id IN {devices:Array(String)}", {"devices": devices}) if devices else []
-    )
+    links = stored_links(warehouse, project, devices=devices)
     return Person(person, True, devices, links)
 
 

@@ -27,6 +27,7 @@ from services.core.erasure import (
     owned_spans,
 )
 from services.core.identity import Link
+from services.core.links import stored_links
 from services.core.warehouse import Warehouse
 
 from .open_sessions import OpenSessions
@@ -193,14 +194,7 @@ class ErasureGuard:
         accepted before the erasure, with the device's sessions recomputed; the device is
         added to the erasure (a row of ``erasures`` at the same time) for what is still unread."""
         for (erasure, device), first_ts in found.items():
-            links = [
-                Link(device, str(r["user_id"]), int(r["first_seen"]), int(r["first_seen"]))
-                for r in self.warehouse.rows(
-                    "SELECT user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
-                    "WHERE project = {project:String} AND anonymous_id = {device:String} GROUP BY user_id",
-                    {"project": erasure.project, "device": device},
-                )
-            ]
+            links = stored_links(self.warehouse, erasure.project, devices=[device])
             links.append(Link(device, erasure.person, first_ts, first_ts))
             spans = tuple(owned_spans(erasure.person, [device], links))
             claimed = Erasure(erasure.project, erasure.person, (device,), spans, erasure.erased_at)

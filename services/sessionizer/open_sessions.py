@@ -29,6 +29,7 @@ import orjson
 from prometheus_client import Counter, Gauge
 
 from services.core.identity import Link, identified_user
+from services.core.links import stored_links
 from services.core.schema import ABANDONMENT_COLUMNS, SESSION_COLUMNS
 from services.core.sessions import (
     SESSION_EVENT_FIELDS,
@@ -365,13 +366,8 @@ class OpenSessions:
         ):
             stored.setdefault(row["device"], []).append(row)
         links: dict[str, dict[str, int]] = {}
-        for row in self.warehouse.rows(
-            "SELECT anonymous_id, user_id, toUnixTimestamp64Milli(min(first_seen)) AS first_seen FROM identity_links "
-            "WHERE project = {project:String} AND anonymous_id IN {devices:Array(String)} "
-            "GROUP BY anonymous_id, user_id",
-            {"project": project, "devices": devices},
-        ):
-            links.setdefault(row["anonymous_id"], {})[row["user_id"]] = int(row["first_seen"])
+        for link in stored_links(self.warehouse, project, devices=devices):
+            links.setdefault(link.anonymous_id, {})[link.user_id] = link.first_seen
         spans: dict[str, tuple[int, int]] = {}
         for device, events in items:
             lo = int(events[0]["timestamp"])
