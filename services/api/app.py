@@ -24,6 +24,7 @@ from .analytics import Source, abandonment, behaviour, correlations, funnel, jou
 from .auth import project_for
 from .erasure import erase_person
 from .journeys import load_journey, ms
+from .json_bodies import JsonBodyRoute
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
 from .signals import event_stream, parse_cursor, signals_after
 from .stats import MIN_OBSERVATIONS, wilson
@@ -71,7 +72,7 @@ class QueryApi:
         self.projects = projects
         self.warehouse = warehouse
         self._ready = False
-        self.router = APIRouter()
+        self.router = APIRouter(route_class=JsonBodyRoute)
         routes: list[tuple[str, Callable[..., Any], str, str, str]] = [  # path, endpoint, method, tag, summary
             ("/v1/journeys/{identifier}", self.journey, "GET", "query", "Everything one person did, as sessions"),
             (
