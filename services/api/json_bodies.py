@@ -1,10 +1,10 @@
 """Read a query's body as JSON whatever content type the client declared.
 
-``curl -d '{...}'`` declares ``application/x-www-form-urlencoded``, and a browser's ``fetch``
-with a string body ``text/plain``, and some clients none at all; FastAPI then hands the model the raw bytes and answers a 422
-about "a valid dictionary" that names no field. Every body of the query API is JSON, so a body
-declared as anything but JSON (or not declared) is read as JSON: a valid one works, an invalid one gets the usual
-422 naming the body.
+``curl -d '{...}'`` declares ``application/x-www-form-urlencoded``, a browser's ``fetch`` with
+a string body ``text/plain``, and some clients declare none; FastAPI then hands the model the raw
+bytes and answers a 422 about "a valid dictionary" that names no field. Every body of the query
+API is JSON, so a body declared as anything else (or not declared) is read as JSON: a valid one
+works, an invalid one gets the usual 422 naming the body.
 """
 
 from __future__ import annotations
