@@ -208,6 +208,44 @@ def _erase(project_id: str | None, identifier: str | None) -> int:
     return 0
 
 
+def _export(project_id: str | None, identifier: str | None) -> int:
+    """Write everything stored about a person to stdout, one JSON line each, from a running
+    Touchpoint (GET /v1/persons/{id}/export); say on stderr how much, or that it was cut short."""
+    from urllib.parse import quote
+
+    import httpx
+    import orjson
+
+    if not identifier:
+        print("touchpoint: export needs the person's user id or anonymous id: touchpoint export ID", file=sys.stderr)
+        return 2
+    target = _query_target(project_id, f"/v1/persons/{quote(identifier, safe='')}/export")
+    if target is None:
+        return 2
+    url, headers = target
+    last = b""
+    try:
+        with httpx.stream("GET", url, headers=headers, timeout=httpx.Timeout(60, read=300)) as r:
+            if r.status_code != 200:
+                print(f"touchpoint: {url} answered {r.status_code}: {r.read().decode()[:300]}", file=sys.stderr)
+                return 1
+            for line in r.iter_lines():
+                sys.stdout.write(line + "\n")
+                last = line.encode()
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc)
+    sys.stdout.flush()
+    end = orjson.loads(last) if last.startswith(b'{"kind":"end"') else None
+    if end is None:
+        print("touchpoint: the export was cut short (no end line): run it again", file=sys.stderr)
+        return 1
+    counts = ", ".join(
+        f"{end[k]} {k.replace('_', ' ')}" for k in ("events", "sessions", "identity_links", "abandonments")
+    )
+    print(f"touchpoint: exported {identifier}: {counts}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
@@ -222,20 +260,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             "abandonments",
             "rebuild-sessions",
             "erase",
+            "export",
         ],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
         "rejected: list dead letters; abandonments: follow sessions that time out without a goal, as they "
         "happen; rebuild-sessions: recompute the sessions table from stored events; "
-        "erase ID: delete everything stored about a person (user id or anonymous id)",
+        "erase ID: delete everything stored about a person (user id or anonymous id); "
+        "export ID: print everything stored about a person, one JSON line each (right of access)",
     )
-    parser.add_argument("identifier", nargs="?", default=None, help="erase: the person's user id or anonymous id")
+    parser.add_argument(
+        "identifier", nargs="?", default=None, help="erase, export: the person's user id or anonymous id"
+    )
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
     parser.add_argument(
         "--project",
         default=None,
-        help="rejected, abandonments, erase: project id (default: the first); rebuild-sessions: only this project",
+        help="rejected, abandonments, erase, export: project id (default: the first); "
+        "rebuild-sessions: only this project",
     )
     parser.add_argument("--since", default=None, help="abandonments: ISO 8601, also those noticed since (default: now)")
     parser.add_argument("--limit", type=int, default=20, help="rejected: how many, newest first")
@@ -246,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _follow_abandonments(args.project, args.since)
     if args.command == "erase":
         return _erase(args.project, args.identifier)
+    if args.command == "export":
+        return _export(args.project, args.identifier)
     if args.command == "rebuild-sessions":
         return _rebuild_sessions(args.project)
     if args.command == "demo":

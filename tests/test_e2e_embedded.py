@@ -434,6 +434,67 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert alice not in {e["person_id"] for e in other.json()["erasures"]}  # another project's key
 
 
+def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(up: Proc) -> None:
+    """GET /v1/persons/{id}/export (the right of access): Erin's events on both devices, all of
+    time (one from 40 days ago, outside any journey's default window), every stored field, her
+    sessions and links, as NDJSON ending with the counts; not Finn's, who logged in on her shared
+    browser later; nothing for a write key or another project's key; `touchpoint export` the same."""
+    web, app, erin, finn = uid("web"), uid("app"), uid("erin"), uid("finn")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+
+    def event(**fields: Any) -> dict[str, Any]:
+        return {"event_id": uid("e"), **fields}
+
+    erins = [
+        event(type="page", name="Old", anonymous_id=app, user_id=erin, timestamp=ago(40 * 24 * 60)),
+        event(type="page", name="Home", anonymous_id=web, timestamp=ago(30), properties={"ab": "b"}),
+        event(type="identify", anonymous_id=web, user_id=erin, timestamp=ago(29)),
+        event(type="track", name="Crash", anonymous_id=app, timestamp=ago(10), error={"kind": "js", "message": "x"}),
+    ]
+    finns = [event(type="identify", anonymous_id=web, user_id=finn, timestamp=ago(5))]
+    assert up.post_batch(erins + finns).status_code == 200
+    journey_with(up, finn, {e["event_id"] for e in finns})
+    journey_with(up, erin, {e["event_id"] for e in erins[1:]})
+    url = f"{up.url}/v1/persons/{erin}/export"
+
+    def export() -> list[dict[str, Any]] | None:
+        r = httpx.get(url, headers=auth, timeout=60)
+        assert r.status_code == 200, r.text
+        lines = [orjson.loads(line) for line in r.text.splitlines()]
+        return lines if [x for x in lines if x["kind"] == "session" and x["anonymous_id"] == app] else None
+
+    lines: list[dict[str, Any]] = wait_for(export, 30, "Erin's sessions in her export")
+    r = httpx.get(url, headers=auth, timeout=60)
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    assert r.headers["content-disposition"] == f'attachment; filename="person-{erin}.ndjson"'
+    assert lines[0]["kind"] == "person" and lines[0]["person_id"] == erin
+    assert sorted(lines[0]["identities"]["anonymous_ids"]) == sorted([web, app])
+    events = [x for x in lines if x["kind"] == "event"]
+    assert [e["event_id"] for e in events] == [e["event_id"] for e in erins]  # oldest first, not Finn's
+    assert events[0]["is_late"] == 1 and events[1]["properties"] == {"ab": "b"}
+    assert events[3]["error_kind"] == "js" and events[3]["ip"].endswith(".0")  # anonymised before storage
+    assert {"user_agent", "received_at", "context", "browser", "country", "network"} <= set(events[1])
+    sessions = [x for x in lines if x["kind"] == "session"]
+    assert {s["person_id"] for s in sessions} == {erin}
+    links = [(x["anonymous_id"], x["user_id"]) for x in lines if x["kind"] == "identity_link"]
+    assert sorted(links) == sorted([(web, erin), (app, erin)])
+    assert lines[-1]["kind"] == "end" and lines[-1]["events"] == 4 and lines[-1]["sessions"] == len(sessions)
+
+    # The shared browser names its current user, as in GET /v1/journeys: Finn, with his event only.
+    finn_export = httpx.get(f"{up.url}/v1/persons/{web}/export", headers=auth, timeout=60).text.splitlines()
+    finn_events = [x["event_id"] for x in map(orjson.loads, finn_export) if x["kind"] == "event"]
+    assert orjson.loads(finn_export[0])["person_id"] == finn and finn_events == [finns[0]["event_id"]]
+    assert httpx.get(url, headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {OTHER_API_KEY}"}, timeout=30).status_code == 404
+    assert httpx.get(f"{up.url}/v1/persons/{uid('nobody')}/export", headers=auth, timeout=30).status_code == 404
+    cli = subprocess.run(
+        [sys.executable, "-m", "services.cli", "export", erin], env=up.env, capture_output=True, text=True, timeout=60
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert [orjson.loads(line) for line in cli.stdout.splitlines()] == lines
+    assert f"exported {erin}: 4 events, {len(sessions)} sessions, 2 identity links" in cli.stderr
+
+
 def test_retention_is_set_at_start_and_not_again_when_unchanged(tmp_path: Path) -> None:
     """TOUCHPOINT_RETENTION_DAYS reaches the tables through the sessionizer's start (the TTLs
     themselves are checked in tests/test_warehouse.py); a restart with the same value alters

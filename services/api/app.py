@@ -23,6 +23,7 @@ from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
 from .erasure import erase_person
+from .export import export_person
 from .journeys import load_journey, ms
 from .json_bodies import JsonBodyRoute
 from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
@@ -160,6 +161,13 @@ class QueryApi:
                 "Erase a person: their events on every device, sessions, identity links and signals",
             ),
             (
+                "/v1/persons/{identifier}/export",
+                self.export,
+                "GET",
+                "privacy",
+                "Export a person (right of access): everything stored about them, as newline-delimited JSON",
+            ),
+            (
                 "/v1/erasures",
                 self.erasures,
                 "GET",
@@ -181,6 +189,11 @@ class QueryApi:
         for path, endpoint, method, tag, summary in routes:
             example = response_examples.get(path)
             options: dict[str, Any] = {"openapi_extra": response_example(example) if example else None}
+            if path == "/v1/persons/{identifier}/export":
+                options.update(
+                    openapi_extra=response_example(examples.EXPORT, "application/x-ndjson"),
+                    response_class=StreamingResponse,
+                )
             if path == "/v1/abandonments/stream":
                 options.update(
                     openapi_extra=response_example(examples.ABANDONMENT_STREAM, "text/event-stream"),
@@ -374,6 +387,24 @@ class QueryApi:
             raise HTTPException(404, f"identifier: nothing is stored about {identifier!r}")
         log.info("person erased", extra={"project": project.id, **erased["deleted"]})  # who: in erasures only
         return erased
+
+    async def export(self, request: Request, identifier: str) -> StreamingResponse:
+        """The right of access and to data portability: everything stored about the person
+        ``identifier`` names (as ``GET /v1/journeys`` and ``DELETE /v1/persons`` resolve it), all of
+        time and every stored field, one JSON object per line: ``person``, ``identity_link``,
+        ``event`` (oldest first), ``session``, ``abandonment``, then ``end`` with the counts (a
+        stream cut short has no ``end``). A shared device's other users' events are not included."""
+        project = project_for(request, self.projects)
+        lines = await self._call(export_person, self.warehouse, project.id, identifier)
+        if lines is None:
+            raise HTTPException(404, f"identifier: nothing is stored about {identifier!r}")
+        log.info("person exported", extra={"project": project.id})  # who: not in the logs
+        filename = "person-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in identifier)[:100] + ".ndjson"
+        return StreamingResponse(
+            lines,
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
 
     async def erasures(self, request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
         """The key's project's erasures, newest first; kept when retention removes everything else."""

@@ -185,3 +185,17 @@ ABANDONMENT_STREAM = (
     'data: {"kind": "recovery", "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", ... '
     '"recovered": {"at": "2026-11-22T10:31:40.120Z", "channel": "app"}, ...}\n\n'
 )
+
+EXPORT = (
+    '{"kind": "person", "person_id": "user-42", "identified": true, '
+    '"identities": {"user_ids": ["user-42"], "anonymous_ids": ["3f0c2a9e-web", "app-7c1d"]}}\n'
+    '{"kind": "identity_link", "anonymous_id": "3f0c2a9e-web", "user_id": "user-42", '
+    '"first_seen": "2026-11-20T08:01:12.004Z", "last_seen": "2026-11-22T10:31:40.120Z"}\n'
+    '{"kind": "event", "event_id": "0193a0c1-...", "type": "page", "name": "Search", "anonymous_id": "3f0c2a9e-web", '
+    '"user_id": "", "timestamp": "2026-11-20T08:00:55.310Z", "received_at": "2026-11-20T08:00:55.402Z", '
+    '"channel": "web", "url": "https://shop.example/search?q=boots", "path": "/search", "browser": "Firefox", '
+    '"country": "DE", "ip": "203.0.113.0", "response_ms": 1840.0, "properties": {}, "context": {...}, ...}\n'
+    '{"kind": "session", "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", "person_id": "user-42", ...}\n'
+    '{"kind": "abandonment", "session_id": "4563cb83-b736-5066-a81d-6c176c2fd5ce", "recovered": null, ...}\n'
+    '{"kind": "end", "identity_links": 2, "events": 318, "sessions": 12, "abandonments": 1}\n'
+)
