@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from services.testing.kafka_broker import free_port
 from tests.conftest import IN_CI
-from tests.harness import WRITE_KEY, Proc, journey_with, new_proc, wait_for
+from tests.harness import API_KEY, WRITE_KEY, Proc, journey_with, new_proc, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -246,3 +247,53 @@ def test_events_not_confirmed_are_sent_by_the_next_page(up: Proc, tmp_path: Path
     journey = journey_with(up, match.group(1), {event_id})
     stored = [e for s in journey["sessions"] for e in s["events"] if e["event_id"] == event_id]
     assert len(stored) == 1 and stored[0]["name"] == "Order Completed"
+
+
+SPA_PAGE = """<!doctype html><html><head><title>Shop search</title>
+<script src="{collector}/v1/tracker.js" data-write-key="{write_key}" defer></script></head>
+<body><script>
+window.addEventListener("load", function () {{
+  setTimeout(function () {{
+    history.pushState({{}}, "", "/product?id=1");
+    document.title = "Product";
+    setTimeout(function () {{ history.replaceState({{tab: 2}}, "", "/product?id=1#reviews"); }}, 50);
+    setTimeout(function () {{ history.back(); }}, 100);
+    setTimeout(function () {{
+      touchpoint.flush();
+      document.body.setAttribute("data-aid", localStorage.getItem("tp_aid"));
+    }}, 400);
+  }}, 100);
+}});
+</script></body></html>"""
+
+
+def test_a_single_page_apps_route_changes_are_page_views(up: Proc, tmp_path: Path) -> None:
+    """pushState to a product, a change of hash alone, the back button: three page views (the
+    hash alone is none), each later one with the page it left as referrer and without the first
+    document's navigation timing (that load happened once)."""
+    url, server = serve_page(SPA_PAGE.format(collector=up.url, write_key=WRITE_KEY))
+    try:
+        out = run_chromium(url, tmp_path / "profile")
+    finally:
+        server.shutdown()
+    match = re.search(r'data-aid="([0-9a-f-]{36})"', out)
+    assert match, f"the page did not run the tracker:\n{out[-4000:]}"
+    export = f"{up.url}/v1/persons/{match.group(1)}/export"
+
+    def pages() -> list[dict[str, Any]] | None:
+        r = httpx.get(export, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+        lines = [orjson.loads(line) for line in r.text.splitlines()] if r.status_code == 200 else []
+        found = [x for x in lines if x["kind"] == "event" and x["type"] == "page"]
+        return found if len(found) >= 3 else None
+
+    time.sleep(1)  # a fourth page view, were there one, would be in the same flush
+    first, product, back = wait_for(pages, 30, "three page views of the single-page app")
+    assert [(p["path"], p["name"]) for p in (first, product, back)] == [
+        ("/search", "Shop search"),
+        ("/product", "Product"),
+        ("/search", "Product"),  # the app did not set the title back
+    ]
+    assert product["url"].endswith("/product?id=1") and product["referrer"] == url
+    assert back["referrer"].endswith("/product?id=1#reviews")
+    assert first["ttfb_ms"] is not None and first["response_ms"] is not None
+    assert product["ttfb_ms"] is None and product["response_ms"] is None and back["ttfb_ms"] is None

@@ -9,7 +9,9 @@ a batch again with the same event ids on 429, 503, 504 or a lost answer, so it i
 stored once whatever the first attempt did; when the page is being left it uses
 ``navigator.sendBeacon``, which outlives the page but cannot read the answer. Events
 not yet confirmed are kept in localStorage (at most 500) and sent again by the next
-page of the site, so a reload, a closed tab or an offline spell loses none. The
+page of the site, so a reload, a closed tab or an offline spell loses none. In a single-page
+app each route change (``history.pushState``/``replaceState``, the back button) is a page view
+whose referrer is the page left; only a document's first page view carries navigation timing. The
 anonymous id lives in the site's own localStorage (a first-party cookie when storage
 is blocked).
 """
@@ -45,10 +47,11 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     return id;
   }
   var aid = anonymousId();
+  var referrer = d.referrer;  // after a single-page app's route change: the page it left
   function context() {
     var c = navigator.connection || {};
     return {
-      page: {url: location.href, path: location.pathname, referrer: d.referrer, title: d.title,
+      page: {url: location.href, path: location.pathname, referrer: referrer, title: d.title,
              search: location.search},
       user_agent: navigator.userAgent, locale: navigator.language,
       timezone: (Intl.DateTimeFormat().resolvedOptions() || {}).timeZone,
@@ -156,10 +159,17 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   setInterval(flush, cfg.flushMs);
   var unsent = kept();  // left by an earlier page: sent first
   if (unsent.length) { queue = unsent.concat(queue); setTimeout(flush, 0); }
+  // Navigation timing belongs to the document's load: only its first page view carries it. A
+  // single-page app's later page views load no document; repeating the first load's times on
+  // them would count it again in every response-time analysis.
+  var loaded = false;
   var api = {
     __loaded: true,
     init: function (options) { for (var k in options) cfg[k] = options[k]; return api; },
-    page: function (name, properties) { push("page", name || d.title, properties, {timing: timing()}); },
+    page: function (name, properties) {
+      push("page", name || d.title, properties, {timing: loaded ? {} : timing()});
+      loaded = true;
+    },
     track: function (name, properties, timingMs) {
       push("track", name, properties, timingMs ? {timing: {response_ms: timingMs}} : {});
     },
@@ -168,6 +178,27 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     flush: flush
   };
   w.touchpoint = api;
+  // Single-page apps change pages without loading one: history.pushState / replaceState and the
+  // back button (popstate). Each change of path or query is a page view, its referrer the page
+  // left; a change of hash or state alone is not. Checked a tick later, once the app has set
+  // the new title. data-auto-page="false" turns these off with the first one.
+  var shown = location.pathname + location.search, shownUrl = location.href;
+  function routeChanged() {
+    var now = location.pathname + location.search, left = shownUrl;
+    shownUrl = location.href;
+    if (now === shown) return;
+    shown = now;
+    if (ds.autoPage === "false" || !loaded) return;  // before the first page view: it shows where it landed
+    referrer = left;
+    api.page();
+  }
+  function later() { setTimeout(routeChanged, 0); }
+  ["pushState", "replaceState"].forEach(function (method) {
+    var original = w.history && history[method];
+    if (typeof original !== "function") return;
+    history[method] = function () { var out = original.apply(this, arguments); later(); return out; };
+  });
+  w.addEventListener("popstate", later);
   if (ds.autoPage !== "false") {
     if (d.readyState === "complete") api.page(); else w.addEventListener("load", function () { api.page(); });
   }
