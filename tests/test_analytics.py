@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests.generator import GOAL, Traffic, generate
+from loadtests.generator import GOAL, WEB_STEPS, Traffic, generate
 from loadtests.sender import send
 from services.core.events import parse_time_ms
 from tests.faults import wait_caught_up
@@ -29,9 +29,42 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Proc, Tra
     traffic = generate(seed=21, people=PEOPLE, start_ms=now - 20 * 3600_000, end_ms=now)
     result = asyncio.run(send(proc.url, WRITE_KEY, traffic.batches, concurrency=8, progress=False))
     assert set(result.statuses) == {200}
+    # Crawlers and a headless browser walk the shop's pages too: every analysis below must give
+    # the ground truth of the people without them (they are left out unless asked for).
+    r = httpx.post(f"{proc.url}/v1/batch", json={"events": bot_events(now)}, headers={"X-Write-Key": WRITE_KEY})
+    assert r.status_code == 200 and r.json()["accepted"] == BOTS * 3, r.text
     wait_caught_up(proc)
     yield proc, traffic
     proc.stop()
+
+
+BOTS = 30
+BOT_AGENTS = (
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+)
+
+
+def bot_events(now: int) -> list[dict[str, Any]]:
+    """Each bot: Home, Search, Product on the web, a minute apart, an hour ago; never buys."""
+    out = []
+    for b in range(BOTS):
+        for k, (etype, name, path) in enumerate(WEB_STEPS[:3]):
+            out.append(
+                {
+                    "event_id": f"bot{b}-{k}",
+                    "type": etype,
+                    "name": name,
+                    "anonymous_id": f"bot-{b}",
+                    "timestamp": datetime.fromtimestamp((now - 3600_000 + k * 60_000) / 1000, tz=UTC).isoformat(),
+                    "timing": {"response_ms": 50},
+                    "context": {
+                        "page": {"path": path, "url": f"https://shop.example{path}"},
+                        "user_agent": BOT_AGENTS[b % 2],
+                    },
+                }
+            )
+    return out
 
 
 def api(proc: Proc, path: str, body: dict[str, Any], key: str = API_KEY) -> httpx.Response:
@@ -206,6 +239,25 @@ def test_funnel_matches_a_window_funnel_oracle(loaded: tuple[Proc, Traffic]) -> 
         assert steps[k]["drop_off"] == steps[k - 1]["count"] - steps[k]["count"]
         assert steps[k]["step_conversion_rate"] == pytest.approx(steps[k]["count"] / steps[k - 1]["count"])
     assert steps[0]["conversion_rate"] == 1.0
+
+
+def test_bots_are_left_out_unless_asked_for(loaded: tuple[Proc, Traffic]) -> None:
+    """The ground-truth tests above pass with the bots' pages in the table; asked for, the bots
+    are counted: BOTS more journeys that abandon at the product page, and BOTS more funnel starts."""
+    proc, _ = loaded
+    people = api(proc, "/v1/abandonment", {"goal": GOAL, "limit": 1000}).json()
+    everyone = api(proc, "/v1/abandonment", {"goal": GOAL, "limit": 1000, "include_bots": True}).json()
+    assert everyone["journeys"] == people["journeys"] + BOTS == PEOPLE + BOTS
+    assert everyone["abandoned"] == people["abandoned"] + BOTS
+    points = {(p["touchpoint"], p["channel"]): p["abandoned"] for p in people["points"]}
+    with_bots = {(p["touchpoint"], p["channel"]): p["abandoned"] for p in everyone["points"]}
+    assert with_bots[("page /product", "web")] == points.get(("page /product", "web"), 0) + BOTS
+    funnel = api(proc, "/v1/funnels", {"steps": FUNNEL[:3]}).json()["steps"]
+    funnel_all = api(proc, "/v1/funnels", {"steps": FUNNEL[:3], "include_bots": True}).json()["steps"]
+    assert [s["count"] + BOTS for s in funnel] == [s["count"] for s in funnel_all]
+    sessions = api(proc, "/v1/funnels", {"steps": FUNNEL[:3], "scope": "session", "include_bots": True}).json()
+    sessions_people = api(proc, "/v1/funnels", {"steps": FUNNEL[:3], "scope": "session"}).json()
+    assert sessions["steps"][0]["count"] == sessions_people["steps"][0]["count"] + BOTS
 
 
 def test_funnel_breakdown_and_session_scope(loaded: tuple[Proc, Traffic]) -> None:

@@ -181,6 +181,9 @@ def test_a_timed_out_session_abandons_only_without_a_goal_and_while_recent() -> 
     assert abandonment_signal(buying.row([], goals, 7), goals, now, 24 * 60 * MIN) is None  # converted
     assert abandonment_signal(browsing.row([], (), 7), (), now, 24 * 60 * MIN) is None  # no goals: nothing to abandon
     assert abandonment_signal(browsing.row([], goals, 7), goals, now, 30 * MIN) is None  # too late to act on
+    (crawling,) = summarize([ev("5", now - 50 * MIN, device_type="bot"), ev("6", now - 40 * MIN)], 30 * MIN)
+    assert crawling.row([], goals, 7)["device_type"] == "bot"
+    assert abandonment_signal(crawling.row([], goals, 7), goals, now, 24 * 60 * MIN) is None  # no customer left
 
 
 def test_an_abandoned_session_is_recovered_by_a_goal_in_a_later_session_only() -> None:

@@ -38,6 +38,7 @@ class Source:
     project: str
     start_ms: int
     end_ms: int
+    include_bots: bool = False  # else events of known bots (``is_bot``, by user agent) are left out
 
 
 def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> str:
@@ -84,7 +85,7 @@ def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> s
         FROM events FINAL
         WHERE project = {{project:String}}
           AND timestamp >= fromUnixTimestamp64Milli({{start_ms:Int64}})
-          AND timestamp < fromUnixTimestamp64Milli({{end_ms:Int64}})
+          AND timestamp < fromUnixTimestamp64Milli({{end_ms:Int64}}){"" if source.include_bots else " AND is_bot = 0"}
     ),
     with_person AS (
         SELECT e.*,

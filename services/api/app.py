@@ -256,9 +256,10 @@ class QueryApi:
         ),
         to: str | None = Query(None, description="ISO 8601, sessions started before; default now"),
         limit: int = Query(100, ge=1, le=10_000),
+        include_bots: bool = Query(False, description="list sessions of known bots (device type bot) too"),
     ) -> dict[str, Any]:
         """Sessions as the sessionizer stored them (one row per session, rewritten when a late event
-        or a new login changes it), newest first."""
+        or a new login changes it), newest first; as the analyses count them, without bots'."""
         project = project_for(request, self.projects)
         start, end = time_range(from_, to)
         params: dict[str, Any] = {"p": project.id, "s": start, "e": end, "n": limit}
@@ -266,6 +267,7 @@ class QueryApi:
             "project = {p:String}",
             "started_at >= fromUnixTimestamp64Milli({s:Int64})",
             "started_at < fromUnixTimestamp64Milli({e:Int64})",
+            *([] if include_bots else ["device_type != 'bot'"]),
         ]
         for name, value, condition in (
             ("person", person, "person = {person:String}"),
@@ -427,8 +429,10 @@ class QueryApi:
             ]
         }
 
-    def _source(self, project: Project, from_: str | datetime | None, to: str | datetime | None) -> Source:
-        return Source(self.warehouse, project.id, *time_range(from_, to))
+    def _source(
+        self, project: Project, from_: str | datetime | None, to: str | datetime | None, include_bots: bool = False
+    ) -> Source:
+        return Source(self.warehouse, project.id, *time_range(from_, to), include_bots=include_bots)
 
     @staticmethod
     def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
@@ -442,7 +446,7 @@ class QueryApi:
         """Counts per step with conversion from step 1 and from the previous step, drop-off and
         the median time from the previous step (ClickHouse ``windowFunnel`` semantics)."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to)
+        source = self._source(project, body.from_, body.to, body.include_bots)
         params: dict[str, Any] = {}
         conds = [step_condition(step, f"s{i}", params, f"steps[{i}]") for i, step in enumerate(body.steps)]
         labels = [step_label(step) for step in body.steps]
@@ -481,7 +485,7 @@ class QueryApi:
     async def paths(self, request: Request, body: PathsRequest) -> dict[str, Any]:
         """Next and previous touchpoints around each visit; with a goal, among those who never reached it."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to)
+        source = self._source(project, body.from_, body.to, body.include_bots)
         params: dict[str, Any] = {}
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint")
         goal = step_condition(body.goal, "goal", params, "goal") if body.goal is not None else None
@@ -499,7 +503,7 @@ class QueryApi:
     async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
         """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to)
+        source = self._source(project, body.from_, body.to, body.include_bots)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         return await self._call(
@@ -516,6 +520,7 @@ class QueryApi:
         from_: str | None = Query(None, alias="from", description="ISO 8601; default 7 days ago"),
         to: str | None = Query(None, description="ISO 8601; default now"),
         top: int = Query(5, ge=1, le=50, description="touchpoints listed per stage and per pain point"),
+        include_bots: bool = Query(False, description="count events of known bots (by user agent) too"),
     ) -> dict[str, Any]:
         """Stages as configured in the project's ``[[projects.stages]]``, from data."""
         project = project_for(request, self.projects)
@@ -525,7 +530,7 @@ class QueryApi:
                 "stages: none configured; add [[projects.stages]] tables (name, touchpoints) "
                 "to the projects file, e.g. awareness, consideration, purchase, retention, advocacy",
             )
-        source = self._source(project, from_, to)
+        source = self._source(project, from_, to, include_bots)
         params: dict[str, Any] = {}
         conds = []
         for k, stage in enumerate(project.stages):
@@ -539,7 +544,7 @@ class QueryApi:
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to)
+        source = self._source(project, body.from_, body.to, body.include_bots)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         begin = step_condition(body.start, "start", params, "start") if body.start is not None else None
@@ -564,7 +569,7 @@ class QueryApi:
     async def correlations(self, request: Request, body: CorrelationRequest) -> dict[str, Any]:
         """Conversion by metric bucket, Spearman's rho and the odds ratio per second (or per error)."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to)
+        source = self._source(project, body.from_, body.to, body.include_bots)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint") if body.touchpoint is not None else None

@@ -20,6 +20,11 @@ class TimeRange(BaseModel):
     to: datetime | None = Field(None, description="ISO 8601; default now")
     window_seconds: int = Field(86_400, gt=0, le=90 * 86_400)
     breakdown: Breakdown | None = None
+    include_bots: bool = Field(
+        False,
+        description="count the events of crawlers, monitors and headless browsers (known by their user agent); "
+        "left out by default, as they abandon every page they visit",
+    )
 
 
 class AbandonmentRequest(TimeRange):

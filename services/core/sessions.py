@@ -364,8 +364,9 @@ def abandonment_signal(
 
     A session abandons when it timed out without reaching one of the project's goals. A project
     without goals has nothing to abandon, and a session that ended more than ``max_age_ms`` ago
-    (a backlog read after downtime) is too late to act on."""
-    if not goals or row["goals"] or now_ms - row["ended_at"] * 1000 > max_age_ms:
+    (a backlog read after downtime) is too late to act on. A bot's session (a crawler, a monitor,
+    a headless browser: ``device_type`` "bot" from its user agent) is no customer leaving."""
+    if not goals or row["goals"] or now_ms - row["ended_at"] * 1000 > max_age_ms or row.get("device_type") == "bot":
         return None
     signal = {name: row[name] for name in ABANDONMENT_COLUMNS if name in row}
     signal.update(detected_at=now_ms / 1000, recovered_at=None, recovered_channel="")
