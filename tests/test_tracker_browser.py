@@ -297,3 +297,74 @@ def test_a_single_page_apps_route_changes_are_page_views(up: Proc, tmp_path: Pat
     assert back["referrer"].endswith("/product?id=1#reviews")
     assert first["ttfb_ms"] is not None and first["response_ms"] is not None
     assert product["ttfb_ms"] is None and product["response_ms"] is None and back["ttfb_ms"] is None
+
+
+CONSENT_PAGE = """<!doctype html><html><head><title>Consent</title>
+<script src="{collector}/v1/tracker.js" data-write-key="{write_key}" {consent} defer></script></head>
+<body><script>
+function show(name) {{
+  document.body.setAttribute(name, String(localStorage.getItem("tp_aid")) + "|" + localStorage.getItem("tp_consent")
+    + "|" + localStorage.getItem("tp_unsent"));
+}}
+window.addEventListener("load", function () {{
+  setTimeout(function () {{
+    touchpoint.track("Banner Seen");
+    show("data-before");
+    setTimeout(function () {{ {then} }}, 2500);  // a flush interval passes first
+    setTimeout(function () {{ touchpoint.track("After"); touchpoint.flush(); show("data-after"); }}, 2800);
+  }}, 100);
+}});
+</script></body></html>"""
+
+
+def _consent_visits(
+    up: Proc, tmp_path: Path, consent: str, thens: tuple[str, ...], profile: str
+) -> list[tuple[str, list[list[str]]]]:
+    """Visits of one browser (profile) to one site (origin: its storage), the i-th page running
+    ``thens[i]``; each visit's output and the POSTs it sent (through a relay that counts them)."""
+    relay_url, relay, posts = relay_failing_first(up.url, failures=0)
+    pages = [CONSENT_PAGE.format(collector=relay_url, write_key=WRITE_KEY, consent=consent, then=t) for t in thens]
+    url, server = serve_page(pages[0], later=pages[-1])
+    out = []
+    try:
+        for i in range(len(pages)):
+            seen = len(posts)
+            page_url = url if i == 0 else url.replace("/search", "/later")
+            out.append((run_chromium(page_url, tmp_path / profile, budget_ms=6000), posts[seen:]))
+    finally:
+        server.shutdown()
+        relay.shutdown()
+    return out
+
+
+def test_consent_required_sends_and_stores_nothing_until_opt_in(up: Proc, tmp_path: Path) -> None:
+    """data-consent="required": before touchpoint.optIn() no anonymous id in the browser's storage
+    and no request, through a flush interval; after it, the events that waited (the page view and
+    the banner's) go with the new id, and so do later ones. Without opt-in nothing ever goes."""
+    ((out, posts),) = _consent_visits(up, tmp_path, 'data-consent="required"', ("",), "never")
+    assert 'data-before="null|null|null"' in out and 'data-after="null|null|null"' in out, out[-2000:]
+    assert posts == []
+
+    ((out, posts),) = _consent_visits(up, tmp_path, 'data-consent="required"', ("touchpoint.optIn();",), "yes")
+    assert 'data-before="null|null|null"' in out, out[-2000:]
+    match = re.search(r'data-after="([0-9a-f-]{36})\|yes\|', out)
+    assert match, out[-2000:]
+    sent = [event_id for post in posts for event_id in post]
+    journey = journey_with(up, match.group(1), set(sent))
+    names = [e["name"] for s in journey["sessions"] for e in s["events"]]
+    # The page view and "Banner Seen" that waited, then "After" (and the page's timings when it hid).
+    assert names[:3] == ["Consent", "Banner Seen", "After"] and set(names[3:]) <= {"Page Timing"}, names
+
+
+def test_opt_out_stops_everything_and_forgets_the_id(up: Proc, tmp_path: Path) -> None:
+    """touchpoint.optOut() on a site that tracks without asking: what the flush interval sent
+    before it stays, nothing after it is sent (not "After", nor the page's timings when it hides),
+    the anonymous id is forgotten; the choice holds on the next visit."""
+    (out, posts), (again, again_posts) = _consent_visits(up, tmp_path, "", ("touchpoint.optOut();", ""), "out")
+    before = re.search(r'data-before="([0-9a-f-]{36})\|null\|', out)
+    assert before, out[-2000:]
+    assert 'data-after="null|no|null"' in out, out[-2000:]
+    assert len(posts) == 1 and len(posts[0]) == 2, posts  # the page view and "Banner Seen", by the interval
+    journey = journey_with(up, before.group(1), set(posts[0]))
+    assert [e["name"] for s in journey["sessions"] for e in s["events"]] == ["Consent", "Banner Seen"]
+    assert 'data-before="null|no|null"' in again and again_posts == [], (again[-2000:], again_posts)

@@ -11,7 +11,10 @@ stored once whatever the first attempt did; when the page is being left it uses
 not yet confirmed are kept in localStorage (at most 500) and sent again by the next
 page of the site, so a reload, a closed tab or an offline spell loses none. In a single-page
 app each route change (``history.pushState``/``replaceState``, the back button) is a page view
-whose referrer is the page left; only a document's first page view carries navigation timing. The
+whose referrer is the page left; only a document's first page view carries navigation timing.
+With ``data-consent="required"`` nothing is written to the browser or sent until
+``touchpoint.optIn()`` (the page's events wait in memory until then); ``touchpoint.optOut()``
+stops it, forgets the anonymous id and drops what was not sent; the choice is remembered. The
 anonymous id lives in the site's own localStorage (a first-party cookie when storage
 is blocked).
 """
@@ -46,7 +49,14 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     }
     return id;
   }
-  var aid = anonymousId();
+  // Consent. With data-consent="required" the tracker writes nothing to the browser and sends
+  // nothing until touchpoint.optIn(): this page's events wait in memory (sent on opt-in, gone if
+  // the page is left first). touchpoint.optOut() stops everything, forgets the anonymous id and
+  // drops what was not sent. The choice itself is remembered in tp_consent ("yes" / "no").
+  var CONSENT = "tp_consent";
+  function choice() { try { return localStorage.getItem(CONSENT); } catch (e) { return null; } }
+  function allowed() { var c = choice(); return c !== "no" && (ds.consent !== "required" || c === "yes"); }
+  var aid = allowed() ? anonymousId() : null;
   var referrer = d.referrer;  // after a single-page app's route change: the page it left
   function context() {
     var c = navigator.connection || {};
@@ -64,7 +74,9 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
              properties: properties || {}, context: context()};
     if (userId) e.user_id = userId;
     for (var k in extra || {}) e[k] = extra[k];
+    if (choice() === "no") return;
     queue.push(e);
+    if (queue.length > MAX_KEPT) queue.shift();  // waiting for consent: memory stays bounded
     if (queue.length >= 20) flush();
   }
   var retrying = [];  // batches waiting to be sent again
@@ -119,7 +131,9 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
     }, Math.min(1000 * Math.pow(2, tries), 30000));
   }
   function flush(unloading) {
-    if (!cfg.writeKey) return;
+    if (!cfg.writeKey || !allowed()) return;
+    if (!aid) aid = anonymousId();  // consent came (here or in another tab): the id starts now
+    for (var i = 0; i < queue.length; i++) if (!queue[i].anonymous_id) queue[i].anonymous_id = aid;
     var leaving = unloading === true;
     while (leaving && retrying.length) post(retrying.shift(), true, 6);
     while (queue.length) post(queue.splice(0, 50), leaving, 0);
@@ -157,7 +171,7 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   d.addEventListener("visibilitychange", function () { if (d.visibilityState === "hidden") pageEnd(); });
   w.addEventListener("pagehide", pageEnd);
   setInterval(flush, cfg.flushMs);
-  var unsent = kept();  // left by an earlier page: sent first
+  var unsent = allowed() ? kept() : [];  // left by an earlier page: sent first
   if (unsent.length) { queue = unsent.concat(queue); setTimeout(flush, 0); }
   // Navigation timing belongs to the document's load: only its first page view carries it. A
   // single-page app's later page views load no document; repeating the first load's times on
@@ -174,7 +188,18 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
       push("track", name, properties, timingMs ? {timing: {response_ms: timingMs}} : {});
     },
     identify: function (id, traits) { userId = String(id); push("identify", "", traits); flush(); },
-    reset: function () { userId = null; try { localStorage.removeItem("tp_aid"); } catch (e) {} aid = anonymousId(); },
+    reset: function () {
+      userId = null;
+      try { localStorage.removeItem("tp_aid"); } catch (e) {}
+      aid = allowed() ? anonymousId() : null;
+    },
+    optIn: function () { try { localStorage.setItem(CONSENT, "yes"); } catch (e) {} flush(); },
+    optOut: function () {
+      try { localStorage.setItem(CONSENT, "no"); localStorage.removeItem("tp_aid"); localStorage.removeItem(KEPT); }
+      catch (e) {}
+      d.cookie = "tp_aid=; path=/; max-age=0; SameSite=Lax";
+      queue = []; retrying = []; aid = null;
+    },
     flush: flush
   };
   w.touchpoint = api;
