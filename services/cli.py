@@ -208,6 +208,42 @@ def _erase(project_id: str | None, identifier: str | None) -> int:
     return 0
 
 
+def describe_status(status: dict[str, Any]) -> tuple[list[str], bool]:
+    """``GET /v1/status`` in words, one line per component, and whether all is well (read, and
+    the last write did not fail)."""
+    lines, healthy = [], True
+    for name, s in sorted(status.items()):
+        lag, delay, error = s.get("consumer_lag"), s.get("ingestion_delay_seconds"), s.get("last_error")
+        if lag == 0:
+            state = "up to date: every accepted event is stored"
+        elif lag is None:
+            state = "lag unknown (not yet assigned a partition)"
+        else:
+            behind = "" if delay is None else f", the newest stored event was received {delay:,.1f} s ago"
+            state = f"behind: consumer lag {lag:,} (Kafka records, or bytes of the embedded log){behind}"
+        since = s.get("seconds_since_last_write")
+        written = "no write yet" if since is None else f"last write {since:,.1f} s ago"
+        line = f"{name}: {state}; {s.get('events_written', 0):,} events written since start, {written}"
+        if error:
+            healthy = False
+            line += f"; last error: {error} (check TOUCHPOINT_CLICKHOUSE_URL; events wait in the log)"
+        lines.append(line)
+    if not lines:
+        lines.append("no sessionizer in this process: ask the one running `touchpoint sessionizer`")
+    return lines, healthy
+
+
+def _status(project_id: str | None) -> int:
+    """Where is my data: a running Touchpoint's /v1/status in words; exit 1 when a write failed."""
+    r = _call_api(project_id, "GET", "/v1/status", timeout=30)
+    if isinstance(r, int):
+        return r
+    lines, healthy = describe_status(r.json())
+    for line in lines:
+        print(f"touchpoint: {line}")
+    return 0 if healthy else 1
+
+
 def _export(project_id: str | None, identifier: str | None) -> int:
     """Write everything stored about a person to stdout, one JSON line each, from a running
     Touchpoint (GET /v1/persons/{id}/export); say on stderr how much, or that it was cut short."""
@@ -261,13 +297,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rebuild-sessions",
             "erase",
             "export",
+            "status",
         ],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
         "rejected: list dead letters; abandonments: follow sessions that time out without a goal, as they "
         "happen; rebuild-sessions: recompute the sessions table from stored events; "
         "erase ID: delete everything stored about a person (user id or anonymous id); "
-        "export ID: print everything stored about a person, one JSON line each (right of access)",
+        "export ID: print everything stored about a person, one JSON line each (right of access); "
+        "status: where is my data (consumer lag, ingestion delay, last write and error)",
     )
     parser.add_argument(
         "identifier", nargs="?", default=None, help="erase, export: the person's user id or anonymous id"
@@ -291,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _erase(args.project, args.identifier)
     if args.command == "export":
         return _export(args.project, args.identifier)
+    if args.command == "status":
+        return _status(args.project)
     if args.command == "rebuild-sessions":
         return _rebuild_sessions(args.project)
     if args.command == "demo":

@@ -82,6 +82,35 @@ def test_status_answers_where_the_data_is(up: Proc) -> None:
     metrics = httpx.get(f"{up.url}/metrics").text
     newest = [line for line in metrics.splitlines() if line.startswith("touchpoint_sessionizer_newest_event_received")]
     assert newest and float(newest[0].split()[-1]) >= sent - 1
+    cli = subprocess.run(
+        [sys.executable, "-m", "services.cli", "status"], env=up.env, capture_output=True, text=True, timeout=60
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.startswith("touchpoint: sessionizer: up to date: every accepted event is stored;"), cli.stdout
+
+
+def test_status_in_words_says_what_is_wrong() -> None:
+    from services.cli import describe_status
+
+    lines, healthy = describe_status(
+        {
+            "sessionizer": {
+                "consumer_lag": 1200,
+                "events_written": 5,
+                "ingestion_delay_seconds": 42.0,
+                "seconds_since_last_write": 30.5,
+                "last_error": "ClickHouse unavailable",
+            }
+        }
+    )
+    assert not healthy and len(lines) == 1
+    assert "behind: consumer lag 1,200" in lines[0] and "received 42.0 s ago" in lines[0]
+    assert "last write 30.5 s ago" in lines[0] and "last error: ClickHouse unavailable" in lines[0]
+    assert "TOUCHPOINT_CLICKHOUSE_URL" in lines[0]
+    assert describe_status({}) == (
+        ["no sessionizer in this process: ask the one running `touchpoint sessionizer`"],
+        True,
+    )
 
 
 def ago(minutes: float) -> str:
