@@ -524,6 +524,30 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
     assert f"exported {erin}: 4 events, {len(sessions)} sessions, 2 identity links" in cli.stderr
 
 
+def test_a_batch_without_timestamps_keeps_its_order_in_every_answer(up: Proc) -> None:
+    """A server-side integration sends Home, Search, Product, Cart in one batch without times:
+    they happened in that order, a millisecond apart by the time received, so the journey lists
+    them so, the abandonment point is Cart (it was Product: the tie went by touchpoint) and what
+    came after Search is Product."""
+    tag = uuid.uuid4().hex[:8]
+    names = [f"{step}-{tag}" for step in ("Home", "Search", "Product", "Cart")]
+    devices = [uid("server") for _ in range(3)]
+    batch = [{"type": "track", "name": name, "anonymous_id": device} for device in devices for name in names]
+    r = up.post_batch(batch)
+    assert r.status_code == 200 and r.json()["accepted"] == 12, r.text
+    journey = wait_for(lambda: (j := up.journey(devices[-1])).status_code == 200 and j.json(), 30, "the journey")
+    assert [e["name"] for s in journey["sessions"] for e in s["events"]] == names
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"goal": f"Never-{tag}", "start": names[0]}
+    gone = httpx.post(f"{up.url}/v1/abandonment", json=body, headers=auth, timeout=30).json()
+    assert gone["journeys"] == 3 and [(p["touchpoint"], p["abandoned"]) for p in gone["points"]] == [
+        (f"track {names[-1]}", 3)
+    ], gone
+    around = httpx.post(f"{up.url}/v1/paths", json={"touchpoint": names[1]}, headers=auth, timeout=30).json()
+    assert [(p["touchpoint"], p["count"]) for p in around["next"]] == [(f"track {names[2]}", 3)]
+    assert [(p["touchpoint"], p["count"]) for p in around["previous"]] == [(f"track {names[0]}", 3)]
+
+
 def test_retention_is_set_at_start_and_not_again_when_unchanged(tmp_path: Path) -> None:
     """TOUCHPOINT_RETENTION_DAYS reaches the tables through the sessionizer's start (the TTLs
     themselves are checked in tests/test_warehouse.py); a restart with the same value alters

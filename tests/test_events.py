@@ -13,6 +13,7 @@ from services.core.events import (
     normalize,
     parse_time_ms,
     partition_key,
+    untimed_times,
 )
 
 RECEIVED = parse_time_ms("2026-11-22T12:00:00Z", "t")
@@ -156,3 +157,21 @@ def test_nesting_is_checked_to_exactly_sixteen_levels() -> None:
     assert norm({**base, "context": {"x": lists}})["context"] == {"x": lists}  # the object + 15 lists: 16
     with pytest.raises(InvalidEvent, match="context: nested deeper than 16 levels"):
         norm({**base, "context": {"x": [lists]}})
+
+
+def test_events_without_a_timestamp_keep_their_batch_order() -> None:
+    """The last of them at the time received, the ones before it a millisecond apart; events
+    with a timestamp keep theirs (None: normalize uses its own)."""
+    batch = [{"type": "page"}, {"type": "page", "timestamp": "2026-11-23T10:00:00Z"}, {"type": "page"}, "junk"]
+    assert untimed_times(batch, 5_000) == [4_998, None, 4_999, 5_000]
+    assert untimed_times([{"type": "page", "timestamp": None}], 5_000) == [5_000]
+    record = normalize(
+        {"type": "page", "anonymous_id": "a"},
+        project="p",
+        received_ms=5_000_000_000_000,
+        sent_at_ms=None,
+        ip="",
+        untimed_ms=4_999_999_999_998,
+    )
+    assert record["timestamp"] == 4_999_999_999_998 and record["received_at"] == 5_000_000_000_000
+    assert record["client_timestamp"] is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -51,6 +51,21 @@ def iso(ms: int) -> str:
 def new_event_id() -> str:
     """A time-ordered UUID (v7), so server-assigned ids sort by arrival."""
     return str(uuid_utils.uuid7())
+
+
+def untimed_times(events: Sequence[Any], received_ms: int) -> list[int | None]:
+    """The time of each event of one batch that has no timestamp (None for the others): when the
+    batch was received, the last of them; the ones before it a millisecond apart, in batch order.
+
+    Why: with one time for all, their order was lost wherever events are sorted by time (the
+    analyses break ties by touchpoint, so a server-side batch Home, Search, Product, Cart seemed
+    to leave at Product). A millisecond per event keeps the order the client sent them in; the
+    time received stays in ``received_at``, and ``client_timestamp`` stays empty for them."""
+    untimed = [i for i, e in enumerate(events) if not (isinstance(e, dict) and e.get("timestamp") is not None)]
+    out: list[int | None] = [None] * len(events)
+    for k, i in enumerate(untimed):
+        out[i] = received_ms - (len(untimed) - 1 - k)
+    return out
 
 
 def parse_time_ms(value: Any, field: str) -> int:
@@ -175,11 +190,14 @@ def normalize(
     ip: str,
     anonymize: bool = True,
     allowed_lateness_ms: int = 7 * 86_400_000,
+    untimed_ms: int | None = None,
 ) -> dict[str, Any]:
     """Validate one raw event and return its log record, or raise InvalidEvent.
 
     Clock skew: when the batch says when it was sent, the event time is shifted
     by (received - sent), so a device whose clock is off still lands in order.
+    An event without a timestamp happened at ``untimed_ms`` (default: when it was received;
+    see ``untimed_times`` for several in one batch).
     """
     if not isinstance(raw, dict):
         raise InvalidEvent("event", "must be an object")
@@ -207,7 +225,7 @@ def normalize(
         skew = received_ms - sent_at_ms if sent_at_ms is not None else 0
         timestamp_ms = client_ms + skew
     else:
-        timestamp_ms = received_ms
+        timestamp_ms = received_ms if untimed_ms is None else untimed_ms
     if timestamp_ms < MIN_TIMESTAMP_MS:
         raise InvalidEvent("timestamp", "before 2000-01-01")
     if timestamp_ms > received_ms + MAX_FUTURE_MS:

@@ -20,7 +20,15 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.core.eventlog import LogOutcomeUnknown, LogUnavailable, LogWriter
-from services.core.events import InvalidEvent, normalize, now_ms, parse_time_ms, partition_key, rejected_record
+from services.core.events import (
+    InvalidEvent,
+    normalize,
+    now_ms,
+    parse_time_ms,
+    partition_key,
+    rejected_record,
+    untimed_times,
+)
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects, Settings
 
@@ -309,6 +317,7 @@ class Ingest:
         dead_letters: list[tuple[bytes, bytes]] = []
         event_ids: list[str | None] = []
         max_event = self.settings.max_event_bytes
+        untimed = untimed_times(events, received)
         for index, raw_event in enumerate(events):
             try:
                 record = normalize(
@@ -319,6 +328,7 @@ class Ingest:
                     ip=ip,
                     anonymize=project.anonymize_ip,
                     allowed_lateness_ms=self.settings.allowed_lateness_s * 1000,
+                    untimed_ms=untimed[index],
                 )
                 record["geo"] = self.geo.lookup(record["ip"])
                 value = orjson.dumps(record)
