@@ -60,6 +60,12 @@ def test_tracker_js_is_served(up: Proc) -> None:
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert "sendBeacon" in r.text and "/v1/batch?beacon=1" in r.text and "tp_aid" in r.text
     assert httpx.get(f"{up.url}/t/v1/tracker.js").text == r.text
+    # Gzipped for browsers that take it (httpx does, and decodes), plain otherwise; 304 when current.
+    assert r.headers["content-encoding"] == "gzip" and int(r.headers["content-length"]) < len(r.content) / 2
+    plain = httpx.get(f"{up.url}/v1/tracker.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == r.content
+    again = httpx.get(f"{up.url}/v1/tracker.js", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == r.headers["etag"]
 
 
 def test_cors_preflight_and_response_headers(up: Proc) -> None:

@@ -35,7 +35,7 @@ from services.core.settings import Project, Projects, Settings
 from .body import BodyError, decompress, parse_json, read_limited
 from .geo import Geo
 from .openapi import BATCH_OPENAPI
-from .tracker import TRACKER_JS
+from .tracker import TRACKER
 
 log = logging.getLogger("touchpoint.ingest")
 
@@ -279,9 +279,14 @@ class Ingest:
         return Response(PIXEL_GIF, media_type="image/gif", headers=headers)
 
     async def tracker(self, request: Request) -> Response:
-        return Response(
-            TRACKER_JS, media_type="application/javascript", headers={"Cache-Control": "public, max-age=3600"}
-        )
+        """The tracker, gzipped when the browser takes it, 304 when its copy is current."""
+        headers = {"Cache-Control": "public, max-age=3600", "ETag": TRACKER.etag, "Vary": "Accept-Encoding"}
+        if TRACKER.etag in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(TRACKER.gzipped, media_type="application/javascript", headers=headers)
+        return Response(TRACKER.plain, media_type="application/javascript", headers=headers)
 
     async def preflight(self, request: Request) -> Response:
         """CORS preflight: allowed when the origin is allowed by the project named in ``write_key``,

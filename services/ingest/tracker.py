@@ -21,6 +21,10 @@ is blocked).
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+from dataclasses import dataclass
+
 TRACKER_JS = r"""/* Touchpoint web tracker */
 (function (w, d) {
   "use strict";
@@ -229,3 +233,21 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   }
 })(window, document);
 """
+
+
+@dataclass(frozen=True)
+class TrackerAsset:
+    """The tracker as served: its bytes, gzipped once at start, and an ETag of its content, so a
+    page load costs about a third of the bytes and, within the cache's hour, a 304."""
+
+    plain: bytes
+    gzipped: bytes
+    etag: str
+
+    @classmethod
+    def of(cls, source: str) -> TrackerAsset:
+        plain = source.encode()
+        return cls(plain, gzip.compress(plain, 9, mtime=0), '"' + hashlib.sha256(plain).hexdigest()[:20] + '"')
+
+
+TRACKER = TrackerAsset.of(TRACKER_JS)
