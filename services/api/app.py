@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from services.core.events import iso
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects
-from services.core.signals import Cursor, cursor_text, signal_json, stored_session_json
+from services.core.signals import STORED_SESSION_COLUMNS, Cursor, cursor_text, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
 from services.sessionizer.open_sessions import OpenSessions
 
@@ -280,8 +280,8 @@ class QueryApi:
                 where.append(condition)
         rows = await self._call(
             self.warehouse.rows,
-            "SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms "
-            f"FROM sessions FINAL WHERE {' AND '.join(where)} ORDER BY started_at DESC, session_id LIMIT {{n:UInt32}}",
+            f"SELECT {STORED_SESSION_COLUMNS} FROM sessions FINAL WHERE {' AND '.join(where)} "
+            "ORDER BY started_at DESC, session_id LIMIT {n:UInt32}",
             params,
         )
         return {"sessions": [stored_session_json(r) for r in rows], "count": len(rows)}

@@ -26,7 +26,7 @@ import orjson
 
 from services.core.events import iso
 from services.core.identity import events_of_person
-from services.core.signals import signal_json, stored_session_json
+from services.core.signals import SIGNAL_COLUMNS, STORED_SESSION_COLUMNS, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
 
 from .journeys import PERSON_EVENTS_WHERE, Person, ms, resolve_person
@@ -119,21 +119,15 @@ def _lines(warehouse: Warehouse, project: str, who: Person, params: dict[str, An
         counts["events"] += len(mine)
         if len(rows) < page:
             break
-    for row in warehouse.rows(
-        "SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms "
-        "FROM sessions FINAL WHERE project = {project:String} AND person = {person:String} "
-        "ORDER BY started_at, session_id",
-        {"project": project, "person": person},
+    for kind, table, columns, as_json in (
+        ("session", "sessions", STORED_SESSION_COLUMNS, stored_session_json),
+        ("abandonment", "abandonments", SIGNAL_COLUMNS, signal_json),
     ):
-        counts["sessions"] += 1
-        yield _line("session", stored_session_json(row))
-    for row in warehouse.rows(
-        "SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms, "
-        "toUnixTimestamp64Milli(detected_at) AS detected_ms, toUnixTimestamp64Milli(recovered_at) AS recovered_ms "
-        "FROM abandonments FINAL WHERE project = {project:String} AND person = {person:String} "
-        "ORDER BY detected_at, session_id",
-        {"project": project, "person": person},
-    ):
-        counts["abandonments"] += 1
-        yield _line("abandonment", signal_json(row))
+        for row in warehouse.rows(
+            f"SELECT {columns} FROM {table} FINAL WHERE project = {{project:String}} AND person = {{person:String}} "
+            "ORDER BY started_at, session_id",
+            {"project": project, "person": person},
+        ):
+            counts[f"{kind}s"] += 1
+            yield _line(kind, as_json(row))
     yield _line("end", counts)

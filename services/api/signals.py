@@ -16,15 +16,13 @@ from typing import Any
 import orjson
 from fastapi import HTTPException
 
-from services.core.signals import Cursor, cursor_of, cursor_text, signal_json
+from services.core.signals import SIGNAL_COLUMNS, Cursor, cursor_of, cursor_text, signal_json
 from services.core.warehouse import Warehouse
 
 POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
-_SIGNALS_SQL = """
-SELECT *, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms,
-       toUnixTimestamp64Milli(detected_at) AS detected_ms, toUnixTimestamp64Milli(recovered_at) AS recovered_ms
+_SIGNALS_SQL = f"\nSELECT {SIGNAL_COLUMNS}" + """
 FROM abandonments FINAL
 WHERE project = {project:String}
   AND (toUnixTimestamp64Milli(detected_at), session_id) > ({after_ms:Int64}, {after_session:String})

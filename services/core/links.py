@@ -29,6 +29,4 @@ def stored_links(
         "GROUP BY anonymous_id, user_id",
         {"project": project, "devices": list(devices), "users": list(users)},
     )
-    return [
-        Link(str(r["anonymous_id"]), str(r["user_id"]), int(r["first_seen"]), int(r["last_seen"])) for r in rows
-    ]
+    return [Link(str(r["anonymous_id"]), str(r["user_id"]), int(r["first_seen"]), int(r["last_seen"])) for r in rows]

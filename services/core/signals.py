@@ -7,7 +7,7 @@ One shape for both, from a stored row (``abandonments``, with ``start_ms``, ``en
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from .events import iso
 
@@ -21,6 +21,17 @@ def cursor_text(cursor: Cursor) -> str:
 
 def cursor_of(r: Mapping[str, Any]) -> Cursor:
     return int(r["detected_ms"]), str(r["session_id"])
+
+
+# What a SELECT of ``sessions`` (or ``abandonments``) gives ``stored_session_json`` (or
+# ``signal_json``): every column, and the times as epoch ms.
+STORED_SESSION_COLUMNS: Final = (
+    "*, toUnixTimestamp64Milli(started_at) AS start_ms, toUnixTimestamp64Milli(ended_at) AS end_ms"
+)
+SIGNAL_COLUMNS: Final = (
+    f"{STORED_SESSION_COLUMNS}, toUnixTimestamp64Milli(detected_at) AS detected_ms, "
+    "toUnixTimestamp64Milli(recovered_at) AS recovered_ms"
+)
 
 
 def stored_session_json(r: Mapping[str, Any]) -> dict[str, Any]:
