@@ -57,8 +57,8 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
   // nothing until touchpoint.optIn(): this page's events wait in memory (sent on opt-in, gone if
   // the page is left first). touchpoint.optOut() stops everything, forgets the anonymous id and
   // drops what was not sent. The choice itself is remembered in tp_consent ("yes" / "no").
-  var CONSENT = "tp_consent";
-  function choice() { try { return localStorage.getItem(CONSENT); } catch (e) { return null; } }
+  var CONSENT = "tp_consent", given = null;  // given: this page's choice, should storage be blocked
+  function choice() { try { return localStorage.getItem(CONSENT) || given; } catch (e) { return given; } }
   function allowed() { var c = choice(); return c !== "no" && (ds.consent !== "required" || c === "yes"); }
   var aid = allowed() ? anonymousId() : null;
   var referrer = d.referrer;  // after a single-page app's route change: the page it left
@@ -197,8 +197,9 @@ TRACKER_JS = r"""/* Touchpoint web tracker */
       try { localStorage.removeItem("tp_aid"); } catch (e) {}
       aid = allowed() ? anonymousId() : null;
     },
-    optIn: function () { try { localStorage.setItem(CONSENT, "yes"); } catch (e) {} flush(); },
+    optIn: function () { given = "yes"; try { localStorage.setItem(CONSENT, "yes"); } catch (e) {} flush(); },
     optOut: function () {
+      given = "no";
       try { localStorage.setItem(CONSENT, "no"); localStorage.removeItem("tp_aid"); localStorage.removeItem(KEPT); }
       catch (e) {}
       d.cookie = "tp_aid=; path=/; max-age=0; SameSite=Lax";
