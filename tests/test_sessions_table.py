@@ -401,6 +401,14 @@ def test_an_erasure_cut_short_is_finished_by_running_it_again(chdb_path: Path, t
     assert erase_person(wh, project, "eve") is None
 
 
+def _listed(wh: Warehouse, project: str) -> list[tuple[str, list[str], int, int]]:
+    """``GET /v1/erasures``'s entries: person, devices, events and sessions deleted in all."""
+    from services.core.erasure import ERASURES_LISTED
+
+    rows = wh.rows(ERASURES_LISTED, {"project": project, "limit": 100})
+    return [(r["person"], list(r["devices"]), int(r["events"]), int(r["sessions"])) for r in rows]
+
+
 def _stored_ids(wh: Warehouse, project: str) -> set[str]:
     rows = wh.rows("SELECT event_id FROM events FINAL WHERE project = {p:String}", {"p": project})
     return {r["event_id"] for r in rows}
@@ -484,6 +492,8 @@ def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_pa
     p.write(lagging, decode(lagging))
     assert erased and erased[0] is not None
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    ((person, _, events, _),) = _listed(wh, project)  # the sweep's share (e10, e12) in the same entry
+    assert person == "dora" and events == erased[0]["deleted"]["events"] + 2
     assert _persons(wh, project) == {"bob", "x1"}
     assert _linked_users(wh, project) == {"bob"}
 
@@ -499,8 +509,11 @@ def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chd
     p = pipeline(wh, tmp_path, project)
     real_insert = wh.insert
 
+    written: list[bool] = []
+
     def write_then_record(table: str, *args: Any, **kwargs: Any) -> None:
-        if table == "erasures":
+        if table == "erasures" and not written:  # the record, not what is added to it later
+            written.append(True)
             p.write(lagging, decode(lagging))
         real_insert(table, *args, **kwargs)
 
@@ -508,6 +521,7 @@ def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chd
     assert p.sessions is not None
     erased = erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
     assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 3}
+    assert [entry[2:] for entry in _listed(wh, project)] == [(4, 3)]  # the second pass's share too
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
     assert _persons(wh, project) == {"bob", "x1"}
     assert _linked_users(wh, project) == {"bob"}
@@ -581,6 +595,8 @@ def test_a_device_whose_login_was_still_in_the_log_is_erased_when_the_login_is_r
         "SELECT devices, events FROM erasures WHERE project = {p:String} AND has(devices, 'ph')", {"p": project}
     )
     assert [(r["devices"], r["events"]) for r in rows] == [(["ph"], 2)]
+    ((person, devices, events, _),) = _listed(wh, project)  # one erasure, the phone in it
+    assert person == "dora" and "ph" in devices and events >= 2
     late = records_of([raw_event(23, "ph", 25, "", 0)], project, received_ms=before)
     restarted = pipeline(wh, tmp_path, project)
     restarted.write(late, decode(late))

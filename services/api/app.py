@@ -12,6 +12,7 @@ import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from services.core.erasure import ERASURES_LISTED
 from services.core.events import iso
 from services.core.openapi import response_example
 from services.core.settings import Project, Projects
@@ -409,14 +410,10 @@ class QueryApi:
         )
 
     async def erasures(self, request: Request, limit: int = Query(100, ge=1, le=10_000)) -> dict[str, Any]:
-        """The key's project's erasures, newest first; kept when retention removes everything else."""
+        """The key's project's erasures, newest first, each with all it deleted (the API's passes,
+        sweeps and devices found later); kept when retention removes everything else."""
         project = project_for(request, self.projects)
-        rows = await self._call(
-            self.warehouse.rows,
-            "SELECT person, devices, events, sessions, erased_at FROM erasures WHERE project = {p:String} "
-            "ORDER BY erased_at DESC LIMIT {n:UInt32}",
-            {"p": project.id, "n": limit},
-        )
+        rows = await self._call(self.warehouse.rows, ERASURES_LISTED, {"project": project.id, "limit": limit})
         return {
             "erasures": [
                 {

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from services.core.erasure import USER_DEVICE_PREFIX, delete_sessions, delete_stored, owned_spans
+from services.core.erasure import USER_DEVICE_PREFIX, delete_sessions, delete_stored, owned_spans, record_erasure
 from services.core.events import iso
 from services.core.identity import events_of_person
 from services.core.warehouse import Warehouse
@@ -48,11 +48,7 @@ def erase_person(
     # The sessionizer keys a device by its anonymous id, and events without one by "user:<id>".
     devices = sorted({*who.devices, *([USER_DEVICE_PREFIX + who.person_id] if who.is_user else [])})
     spans = owned_spans(who.person_id, who.devices, who.links)
-    warehouse.insert(
-        "erasures",
-        [[project, who.person_id, devices, spans, len(pairs), len(sessions)]],
-        ["project", "person", "devices", "spans", "events", "sessions"],
-    )
+    record_erasure(warehouse, project, who.person_id, (len(pairs), len(sessions)), devices, spans)
     erased_at = warehouse.rows(
         "SELECT max(erased_at) AS at FROM erasures WHERE project = {project:String} AND person = {person:String}",
         {"project": project, "person": who.person_id},
@@ -65,6 +61,10 @@ def erase_person(
         gone = [s for s in recompute(project, devices) if s not in late_sessions]
         delete_sessions(warehouse, project, gone)  # signals and links went in the line above
         late_sessions = late_sessions + gone
+    if late_pairs or late_sessions:  # added to the record: GET /v1/erasures sums them
+        record_erasure(
+            warehouse, project, who.person_id, (len(late_pairs), len(late_sessions)), erased_at_ms=ms(erased_at)
+        )
     return {
         "person_id": who.person_id,
         "identified": who.is_user,

@@ -22,13 +22,16 @@ from services.core.warehouse import Warehouse
 POLL_SECONDS = 1.0
 KEEPALIVE_SECONDS = 15.0
 
-_SIGNALS_SQL = f"\nSELECT {SIGNAL_COLUMNS}" + """
+_SIGNALS_SQL = (
+    f"\nSELECT {SIGNAL_COLUMNS}"
+    + """
 FROM abandonments FINAL
 WHERE project = {project:String}
   AND (toUnixTimestamp64Milli(detected_at), session_id) > ({after_ms:Int64}, {after_session:String})
 ORDER BY detected_at, session_id
 LIMIT {limit:UInt32}
 """
+)
 
 
 def parse_cursor(text: str, field: str) -> Cursor:

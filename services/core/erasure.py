@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 from .identity import Link, is_placeholder
 from .warehouse import Warehouse
@@ -153,3 +154,36 @@ def delete_sessions(warehouse: Warehouse, project: str, session_ids: Sequence[st
             "DELETE FROM sessions WHERE project = {project:String} AND session_id IN {ids:Array(String)}",
             {"project": project, "ids": list(session_ids[start : start + DELETE_CHUNK])},
         )
+
+
+def record_erasure(
+    warehouse: Warehouse,
+    project: str,
+    person: str,
+    counts: tuple[int, int],
+    devices: Sequence[str] = (),
+    spans: Sequence[tuple[str, int, int]] = (),
+    erased_at_ms: int | None = None,
+) -> None:
+    """A row of ``erasures``: (events, sessions) deleted, and for the sessionizers the devices
+    and spans to drop events of (none for a row that only adds what a later pass deleted).
+    ``erased_at_ms`` None: now, by the server's clock (the erasure itself); else the time of the
+    erasure the row adds to, so ``GET /v1/erasures`` sums them into that one."""
+    columns = ["project", "person", "devices", "spans", "events", "sessions"]
+    row: list[Any] = [project, person, list(devices), list(spans), counts[0], counts[1]]
+    if erased_at_ms is not None:
+        columns.append("erased_at")
+        row.append(datetime.fromtimestamp(erased_at_ms / 1000, tz=UTC))
+    warehouse.insert("erasures", [row], columns)
+
+
+# One entry per erasure, newest first: its rows (the API's record, and what its second pass, a
+# sweep or a device found later deleted, each recorded at the erasure's time) summed.
+ERASURES_LISTED: Final = """
+SELECT person, arraySort(arrayDistinct(arrayFlatten(groupArray(devices)))) AS devices,
+       sum(events) AS events, sum(sessions) AS sessions, erased_at
+FROM erasures WHERE project = {project:String}
+GROUP BY person, erased_at
+ORDER BY erased_at DESC, person
+LIMIT {limit:UInt32}
+"""

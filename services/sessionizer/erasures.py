@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import Counter
@@ -25,6 +24,7 @@ from services.core.erasure import (
     delete_sessions,
     delete_stored,
     owned_spans,
+    record_erasure,
 )
 from services.core.identity import Link
 from services.core.links import stored_links
@@ -172,6 +172,14 @@ class ErasureGuard:
             if pairs:  # with their links and signals (not when the person came back: kept)
                 delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
             gone = self._recompute_sessions(erasure.project, sorted(devices))
+            if pairs or gone:  # added to the erasure's record (GET /v1/erasures sums its rows)
+                record_erasure(
+                    self.warehouse,
+                    erasure.project,
+                    erasure.person,
+                    (len(pairs), len(gone)),
+                    erased_at_ms=erasure.erased_at,
+                )
             ERASED.inc(len(pairs))
             log.info(
                 "a batch written while a person was erased swept",
@@ -214,20 +222,14 @@ class ErasureGuard:
             )
             delete_stored(self.warehouse, erasure.project, device, False, pairs, [])
             gone = self._recompute_sessions(erasure.project, [device])
-            self.warehouse.insert(
-                "erasures",
-                [
-                    [
-                        erasure.project,
-                        erasure.person,
-                        [device],
-                        list(spans),
-                        len(pairs),
-                        len(gone),
-                        datetime.fromtimestamp(erasure.erased_at / 1000, tz=UTC),  # the erasure's own time
-                    ]
-                ],
-                ["project", "person", "devices", "spans", "events", "sessions", "erased_at"],
+            record_erasure(
+                self.warehouse,
+                erasure.project,
+                erasure.person,
+                (len(pairs), len(gone)),
+                [device],
+                spans,
+                erasure.erased_at,  # the erasure's own time
             )
             self.erasures.owners.add(claimed)
             ERASED.inc(len(pairs))
