@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 
-from tests.harness import OTHER_WRITE_KEY, WRITE_KEY, Proc, journey_with, new_proc
+from tests.harness import API_KEY, OTHER_WRITE_KEY, WRITE_KEY, Proc, journey_with, new_proc
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,86 @@ def test_enrichment_user_agent_country_and_anonymised_ip(up: Proc) -> None:
     assert session["channel"] == "mobile_web"
     assert (session["browser"], session["os"], session["device"]["type"]) == ("Mobile Safari", "iOS", "mobile")
     assert session["country"] == "GB"
+
+
+def _basic(key: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
+def test_a_segment_library_sends_to_touchpoint_by_changing_its_host(up: Proc) -> None:
+    """Segment's batch body with the write key as Basic auth user, to /v1/batch (server libraries)
+    and /v1/b (mobile libraries): pages, screens, tracks, identify with traits and an alias are
+    stored as the events they mean (Segment names turned into Touchpoint's, the clock skew
+    corrected by sentAt); a group call is refused with its index, the rest kept."""
+    web, app, old, user = uid("seg-web"), uid("seg-app"), uid("seg-old"), uid("seg-user")
+    ids = {k: uid("m") for k in ("page", "track", "identify", "alias", "group", "screen")}
+    skewed = "2020-01-01T00:00:00.000Z"  # the device's clock is years behind: sentAt tells
+    batch = {
+        "batch": [
+            {
+                "type": "page",
+                "name": "Home",
+                "messageId": ids["page"],
+                "anonymousId": web,
+                "properties": {"path": "/"},
+                "context": {"page": {"path": "/", "url": "https://shop.example/"}, "userAgent": "Mozilla/5.0 (X11)"},
+                "timestamp": "2019-12-31T23:59:58.000Z",
+            },
+            {
+                "type": "track",
+                "event": "Product Added",
+                "messageId": ids["track"],
+                "anonymousId": web,
+                "properties": {"sku": "A1"},
+                "timestamp": "2019-12-31T23:59:59.000Z",
+            },
+            {
+                "type": "identify",
+                "messageId": ids["identify"],
+                "anonymousId": web,
+                "userId": user,
+                "traits": {"plan": "gold"},
+                "timestamp": skewed,
+            },
+            {"type": "alias", "messageId": ids["alias"], "previousId": old, "userId": user, "timestamp": skewed},
+            {"type": "group", "messageId": ids["group"], "userId": user, "groupId": "acme"},
+        ],
+        "context": {"library": {"name": "analytics-node"}},
+        "sentAt": skewed,
+    }
+    r = httpx.post(f"{up.url}/v1/batch", json=batch, headers={"Authorization": _basic(WRITE_KEY)})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 4 and [x["index"] for x in r.json()["rejected"]] == [4]
+    assert r.json()["rejected"][0]["error"].startswith("type: ")
+    mobile = {
+        "batch": [
+            {
+                "type": "screen",
+                "name": "Cart",
+                "messageId": ids["screen"],
+                "anonymousId": app,
+                "userId": user,
+                "context": {"app": {"name": "Shop", "version": "3.2"}, "network": {"wifi": True, "carrier": "T"}},
+            }
+        ],
+        "writeKey": WRITE_KEY,
+    }
+    assert httpx.post(f"{up.url}/v1/b", json=mobile).status_code == 200
+    wrong = httpx.post(f"{up.url}/v1/batch", json=mobile | {"writeKey": "nope"})
+    assert wrong.status_code == 401
+
+    journey = journey_with(up, user, {ids[k] for k in ("page", "track", "identify", "alias", "screen")})
+    assert journey["traits"] == {"plan": "gold"}
+    assert sorted(journey["identities"]["anonymous_ids"]) == sorted([web, app, old])
+    events = {e["event_id"]: e for s in journey["sessions"] for e in s["events"]}
+    assert events[ids["page"]]["type"] == "page" and events[ids["page"]]["path"] == "/"
+    assert events[ids["track"]]["name"] == "Product Added" and events[ids["track"]]["properties"] == {"sku": "A1"}
+    assert events[ids["screen"]]["channel"] == "app" and events[ids["screen"]]["name"] == "Cart"
+    identify = events[ids["identify"]]
+    lag = datetime.now(UTC) - datetime.fromisoformat(identify["timestamp"].replace("Z", "+00:00"))
+    assert abs(lag.total_seconds()) < 60  # sent "in 2020" just now: corrected to now
+    export = httpx.get(f"{up.url}/v1/persons/{user}/export", headers={"Authorization": f"Bearer {API_KEY}"})
+    stored = {x["event_id"]: x for x in map(orjson.loads, export.text.splitlines()) if x["kind"] == "event"}
+    assert stored[ids["page"]]["user_agent"] == "Mozilla/5.0 (X11)" and stored[ids["screen"]]["network"] == "wifi"

@@ -35,6 +35,7 @@ from services.core.settings import Project, Projects, Settings
 from .body import BodyError, decompress, parse_json, read_limited
 from .geo import Geo
 from .openapi import BATCH_OPENAPI
+from .segment import SEGMENT_PATHS, basic_auth_user, is_segment_batch, segment_events
 from .tracker import TRACKER
 
 log = logging.getLogger("touchpoint.ingest")
@@ -174,7 +175,8 @@ class Ingest:
     def fast_routes(self) -> dict[tuple[str, str], ASGIApp]:
         """``POST /v1/batch`` (and its first-party alias) for the server's fast path."""
         prefixes = [""] + ([self.settings.collect_prefix] if self.settings.collect_prefix else [])
-        return {("POST", f"{prefix}/v1/batch"): self.asgi_batch for prefix in prefixes}
+        paths = ("/v1/batch", *SEGMENT_PATHS)
+        return {("POST", f"{prefix}{path}"): self.asgi_batch for prefix in prefixes for path in paths}
 
     async def start(self) -> None:
         await self.writer.start()
@@ -189,6 +191,8 @@ class Ingest:
         """Accept ``{"sent_at", "events": [...]}``; answer which events were accepted.
 
         With ``?beacon=1`` a success is a bodiless 204, which is all ``sendBeacon`` expects.
+        Segment's batch body (``{"batch": [...]}``, the write key as Basic auth user) is taken
+        too, here and at ``/v1/b``: a Segment or RudderStack library needs only its host changed.
         Real traffic takes ``asgi_batch`` (same answers, without the framework's per-request
         work); this route documents the endpoint and serves any app built without it.
         """
@@ -219,7 +223,13 @@ class Ingest:
             return _error(exc.status, exc.detail, self._cors(origin, None))
         if not isinstance(body, dict):
             return _error(400, "body: must be a JSON object with an 'events' list", self._cors(origin, None))
-        key = headers.get("x-write-key") or query.get("write_key") or body.get("write_key")
+        segment = is_segment_batch(body)
+        key = (
+            headers.get("x-write-key")
+            or query.get("write_key")
+            or body.get("write_key")
+            or (basic_auth_user(headers.get("authorization")) or body.get("writeKey") if segment else None)
+        )
         if not key:
             return _error(
                 401,
@@ -230,15 +240,20 @@ class Ingest:
         if project is None:
             return _error(401, "write_key: unknown", self._cors(origin, None))
         cors = self._cors(origin, project)
-        events = body.get("events")
+        events: Any
+        raw_sent_at = body.get("sent_at")
+        if segment:
+            events, raw_sent_at = segment_events(body)
+        else:
+            events = body.get("events")
         if not isinstance(events, list):
             return _error(400, "events: must be a list", cors)
         if len(events) > self.settings.max_batch_events:
             return _error(413, f"events: more than {self.settings.max_batch_events} in one batch; split it", cors)
         sent_at: int | None = None
-        if body.get("sent_at") is not None:
+        if raw_sent_at is not None:
             try:
-                sent_at = parse_time_ms(body["sent_at"], "sent_at")
+                sent_at = parse_time_ms(raw_sent_at, "sent_at")
             except InvalidEvent as exc:
                 return _error(400, str(exc), cors)
         prepared = self._records(project, events, sent_at, ip, received)

@@ -1,0 +1,52 @@
+"""Segment's message format mapped to Touchpoint events: pure functions, tested directly."""
+
+from __future__ import annotations
+
+import base64
+
+from services.ingest.segment import basic_auth_user, from_segment, is_segment_batch, segment_events
+
+
+def test_messages_become_the_events_they_mean() -> None:
+    shared = {"library": {"name": "analytics-python"}, "userAgent": "batch-agent", "ip": "198.51.100.7"}
+    track = {"type": "track", "event": "Signed Up", "messageId": "m1", "userId": 42, "properties": {"plan": "pro"}}
+    assert from_segment(track, shared) == {
+        "type": "track",
+        "event_id": "m1",
+        "user_id": 42,
+        "name": "Signed Up",
+        "properties": {"plan": "pro"},
+        "context": {"library": {"name": "analytics-python"}, "user_agent": "batch-agent"},  # no ip
+    }
+    identify = {"type": "identify", "anonymousId": "a1", "userId": "u1", "traits": {"email": "x@y"}}
+    assert from_segment(identify)["properties"] == {"email": "x@y"}
+    alias = {"type": "alias", "previousId": "a0", "userId": "u1", "originalTimestamp": "2026-11-23T10:00:00Z"}
+    assert from_segment(alias) == {
+        "type": "identify",
+        "user_id": "u1",
+        "anonymous_id": "a0",
+        "properties": {},
+        "timestamp": "2026-11-23T10:00:00Z",
+    }
+    screen = {
+        "type": "screen",
+        "name": "Cart",
+        "anonymousId": "d1",
+        "context": {"network": {"cellular": True, "wifi": False, "carrier": "T"}, "userAgent": "own"},
+    }
+    assert from_segment(screen, shared)["context"]["network"] == {"carrier": "T", "type": "cellular"}
+    assert from_segment(screen, shared)["context"]["user_agent"] == "own"  # the message's over the batch's
+    assert from_segment({"type": "group", "groupId": "g"})["type"] == "group"  # validation refuses it
+    assert from_segment("junk") == "junk"
+
+
+def test_batches_and_keys() -> None:
+    assert is_segment_batch({"batch": []}) and not is_segment_batch({"events": [], "batch": []})
+    assert not is_segment_batch({"batch": "x"})
+    events, sent_at = segment_events({"batch": [{"type": "page", "sentAt": "2026-11-23T10:00:01Z"}, 7]})
+    assert events == [{"type": "page"}, 7] and sent_at == "2026-11-23T10:00:01Z"
+    assert segment_events({"batch": [], "sentAt": "s"})[1] == "s"
+    key = base64.b64encode(b"wk_1:").decode()
+    assert basic_auth_user(f"Basic {key}") == "wk_1" and basic_auth_user(f"basic {key}") == "wk_1"
+    assert basic_auth_user("Bearer wk_1") is None and basic_auth_user("Basic !!") is None
+    assert basic_auth_user(None) is None and basic_auth_user("Basic " + base64.b64encode(b":pw").decode()) is None
