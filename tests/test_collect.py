@@ -222,7 +222,9 @@ def test_a_segment_library_sends_to_touchpoint_by_changing_its_host(up: Proc) ->
     stored as the events they mean (Segment names turned into Touchpoint's, the clock skew
     corrected by sentAt); a group call is refused with its index, the rest kept."""
     web, app, old, user = uid("seg-web"), uid("seg-app"), uid("seg-old"), uid("seg-user")
-    ids = {k: uid("m") for k in ("page", "track", "identify", "alias", "group", "screen")}
+    ids = {
+        k: uid("m") for k in ("page", "track", "identify", "alias", "group", "screen", "single_track", "single_page")
+    }
     skewed = "2020-01-01T00:00:00.000Z"  # the device's clock is years behind: sentAt tells
     batch = {
         "batch": [
@@ -278,13 +280,28 @@ def test_a_segment_library_sends_to_touchpoint_by_changing_its_host(up: Proc) ->
     wrong = httpx.post(f"{up.url}/v1/batch", json=mobile | {"writeKey": "nope"})
     assert wrong.status_code == 401
 
-    journey = journey_with(up, user, {ids[k] for k in ("page", "track", "identify", "alias", "screen")})
+    # analytics.js: one message per call at the short paths, text/plain, the key in the body;
+    # here through the first-party prefix too.
+    for path, message in (
+        ("/v1/t", {"event": "Checkout Started", "messageId": ids["single_track"], "anonymousId": web}),
+        ("/t/v1/p", {"name": "Cart", "messageId": ids["single_page"], "anonymousId": web}),
+    ):
+        single = httpx.post(
+            f"{up.url}{path}",
+            content=orjson.dumps(message | {"writeKey": WRITE_KEY, "sentAt": skewed}),
+            headers={"Content-Type": "text/plain"},
+        )
+        assert single.status_code == 200 and single.json() == {"accepted": 1, "rejected": []}, (path, single.text)
+    wanted = {ids[k] for k in ("page", "track", "identify", "alias", "screen", "single_track", "single_page")}
+    journey = journey_with(up, user, wanted)
     assert journey["traits"] == {"plan": "gold"}
     assert sorted(journey["identities"]["anonymous_ids"]) == sorted([web, app, old])
     events = {e["event_id"]: e for s in journey["sessions"] for e in s["events"]}
     assert events[ids["page"]]["type"] == "page" and events[ids["page"]]["path"] == "/"
     assert events[ids["track"]]["name"] == "Product Added" and events[ids["track"]]["properties"] == {"sku": "A1"}
     assert events[ids["screen"]]["channel"] == "app" and events[ids["screen"]]["name"] == "Cart"
+    assert events[ids["single_track"]]["type"] == "track" and events[ids["single_track"]]["name"] == "Checkout Started"
+    assert events[ids["single_page"]]["type"] == "page" and events[ids["single_page"]]["name"] == "Cart"
     identify = events[ids["identify"]]
     lag = datetime.now(UTC) - datetime.fromisoformat(identify["timestamp"].replace("Z", "+00:00"))
     assert abs(lag.total_seconds()) < 60  # sent "in 2020" just now: corrected to now

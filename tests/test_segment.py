@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from services.ingest.segment import basic_auth_user, from_segment, is_segment_batch, segment_events
+from services.ingest.segment import basic_auth_user, from_segment, is_segment_batch, segment_events, single_as_batch
 
 
 def test_messages_become_the_events_they_mean() -> None:
@@ -50,3 +50,10 @@ def test_batches_and_keys() -> None:
     assert basic_auth_user(f"Basic {key}") == "wk_1" and basic_auth_user(f"basic {key}") == "wk_1"
     assert basic_auth_user("Bearer wk_1") is None and basic_auth_user("Basic !!") is None
     assert basic_auth_user(None) is None and basic_auth_user("Basic " + base64.b64encode(b":pw").decode()) is None
+
+
+def test_a_single_message_is_a_batch_of_one() -> None:
+    message = {"event": "Signed Up", "userId": "u1", "writeKey": "wk", "sentAt": "2026-11-23T10:00:00Z"}
+    batch = single_as_batch(message, "track")
+    assert batch == {"batch": [{**message, "type": "track"}], "writeKey": "wk", "sentAt": "2026-11-23T10:00:00Z"}
+    assert single_as_batch({"type": "page", "name": "x"}, "identify")["batch"][0]["type"] == "identify"  # the path

@@ -35,7 +35,7 @@ from services.core.settings import Project, Projects, Settings
 from .body import BodyError, decompress, parse_json, read_limited
 from .geo import Geo
 from .openapi import BATCH_OPENAPI
-from .segment import SEGMENT_PATHS, basic_auth_user, is_segment_batch, segment_events
+from .segment import SEGMENT_PATHS, SINGLE_PATHS, basic_auth_user, is_segment_batch, segment_events, single_as_batch
 from .tracker import TRACKER
 
 log = logging.getLogger("touchpoint.ingest")
@@ -207,11 +207,14 @@ class Ingest:
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         client = scope.get("client")
         ip = client[0] if client else ""
-        answer = await self.answer_batch(headers, query, ip, receive)
+        path = scope["path"]
+        prefix = self.settings.collect_prefix
+        single = SINGLE_PATHS.get(path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path)
+        answer = await self.answer_batch(headers, query, ip, receive, single)
         await answer.send(send)
 
     async def answer_batch(
-        self, headers: Mapping[str, str], query: Mapping[str, str], ip: str, receive: Receive
+        self, headers: Mapping[str, str], query: Mapping[str, str], ip: str, receive: Receive, single: str | None = None
     ) -> Answer:
         received = now_ms()
         limit = self.settings.max_body_bytes
@@ -223,6 +226,8 @@ class Ingest:
             return _error(exc.status, exc.detail, self._cors(origin, None))
         if not isinstance(body, dict):
             return _error(400, "body: must be a JSON object with an 'events' list", self._cors(origin, None))
+        if single is not None:  # Segment's POST /v1/track and the like: one message
+            body = single_as_batch(body, single)
         segment = is_segment_batch(body)
         key = (
             headers.get("x-write-key")

@@ -3,7 +3,9 @@ RudderStack) library send to Touchpoint by changing only the host they send to.
 
 ``POST /v1/batch`` (and ``/v1/b``, where Segment's mobile libraries send) takes Segment's body,
 ``{"batch": [message, ...], "context": {...}, "sentAt": ...}`` with the write key as the Basic
-auth user name, as well as Touchpoint's own ``{"events": [...]}``. Each message becomes the
+auth user name (or ``writeKey`` in the body), as well as Touchpoint's own ``{"events": [...]}``;
+Segment's one-message endpoints (``/v1/track``, ``/v1/page``, ``/v1/screen``, ``/v1/identify``,
+``/v1/alias``, and analytics.js's ``/v1/t``, ``/v1/p``, ``/v1/i``, ``/v1/a``) take one message. Each message becomes the
 Touchpoint event it means (pure mapping, below); ingest then validates and stores it like any
 other, so a message Touchpoint cannot take is refused with its index and field, as usual.
 
@@ -28,7 +30,31 @@ import binascii
 from collections.abc import Mapping
 from typing import Any, Final
 
-SEGMENT_PATHS: Final = ("/v1/b",)  # besides /v1/batch, which both formats share
+BATCH_PATH: Final = "/v1/b"  # where Segment's mobile libraries send batches; /v1/batch is shared
+# Segment's one-message endpoints (analytics.js uses the short ones): the path says the type.
+SINGLE_PATHS: Final = {
+    "/v1/track": "track",
+    "/v1/t": "track",
+    "/v1/page": "page",
+    "/v1/p": "page",
+    "/v1/screen": "screen",
+    "/v1/identify": "identify",
+    "/v1/i": "identify",
+    "/v1/alias": "alias",
+    "/v1/a": "alias",
+    "/v1/group": "group",
+    "/v1/g": "group",
+}
+SEGMENT_PATHS: Final = (BATCH_PATH, *SINGLE_PATHS)
+
+
+def single_as_batch(message: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A one-message call (``POST /v1/track`` …) as the batch of one it is."""
+    batch: dict[str, Any] = {"batch": [{**message, "type": kind}]}
+    for key in ("writeKey", "sentAt"):
+        if message.get(key) is not None:
+            batch[key] = message[key]
+    return batch
 
 
 def is_segment_batch(body: Mapping[str, Any]) -> bool:
