@@ -374,6 +374,7 @@ def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path
     back = records_of([raw_event(3, "er1", 10, "", 0)], project, received_ms=now_ms() + 1000)
     p.write(back, decode(back))
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(1, "er1")]
+    assert [entry[2:] for entry in _listed(wh, project)] == [(2, 1)]  # the session let go is not counted again
     again = records_of([raw_event(4, "er1", 11, "dora", 0)], project, received_ms=now_ms() + 1000)
     p.write(again, decode(again))
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(2, "dora")]

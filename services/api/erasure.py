@@ -56,14 +56,15 @@ def erase_person(
     late_pairs, late_sessions = _stored_of(warehouse, project, who)
     if late_pairs or late_sessions:
         delete_stored(warehouse, project, who.person_id, who.is_user, late_pairs, late_sessions)
+    late_session_count = len(late_sessions)
     if late_pairs and recompute is not None:
         devices = sorted({a or USER_DEVICE_PREFIX + who.person_id for a, _ in late_pairs})
         gone = [s for s in recompute(project, devices) if s not in late_sessions]
-        delete_sessions(warehouse, project, gone)  # signals and links went in the line above
-        late_sessions = late_sessions + gone
-    if late_pairs or late_sessions:  # added to the record: GET /v1/erasures sums them
+        # Signals and links went in the line above; counted: the gone sessions still stored.
+        late_session_count += delete_sessions(warehouse, project, gone)
+    if late_pairs or late_session_count:  # added to the record: GET /v1/erasures sums them
         record_erasure(
-            warehouse, project, who.person_id, (len(late_pairs), len(late_sessions)), erased_at_ms=ms(erased_at)
+            warehouse, project, who.person_id, (len(late_pairs), late_session_count), erased_at_ms=ms(erased_at)
         )
     return {
         "person_id": who.person_id,
@@ -72,7 +73,7 @@ def erase_person(
             "user_ids": [who.person_id] if who.is_user else [],
             "anonymous_ids": sorted({p[0] for p in [*pairs, *late_pairs] if p[0]} | set(who.devices)),
         },
-        "deleted": {"events": len(pairs) + len(late_pairs), "sessions": len(sessions) + len(late_sessions)},
+        "deleted": {"events": len(pairs) + len(late_pairs), "sessions": len(sessions) + late_session_count},
         "erased_at": iso(ms(erased_at)),
     }
 

@@ -147,13 +147,23 @@ def delete_stored(
         )
 
 
-def delete_sessions(warehouse: Warehouse, project: str, session_ids: Sequence[str]) -> None:
-    """Every version of these sessions."""
+def delete_sessions(warehouse: Warehouse, project: str, session_ids: Sequence[str]) -> int:
+    """Every version of these sessions; how many of them were stored (a recompute also names
+    sessions an earlier DELETE took, which an erasure's record must not count twice)."""
+    stored = 0
     for start in range(0, len(session_ids), DELETE_CHUNK):
-        warehouse.command(
-            "DELETE FROM sessions WHERE project = {project:String} AND session_id IN {ids:Array(String)}",
-            {"project": project, "ids": list(session_ids[start : start + DELETE_CHUNK])},
+        params = {"project": project, "ids": list(session_ids[start : start + DELETE_CHUNK])}
+        stored += int(
+            warehouse.rows(
+                "SELECT uniqExact(session_id) AS n FROM sessions "
+                "WHERE project = {project:String} AND session_id IN {ids:Array(String)}",
+                params,
+            )[0]["n"]
         )
+        warehouse.command(
+            "DELETE FROM sessions WHERE project = {project:String} AND session_id IN {ids:Array(String)}", params
+        )
+    return stored
 
 
 def record_erasure(

@@ -172,28 +172,24 @@ class ErasureGuard:
             if pairs:  # with their links and signals (not when the person came back: kept)
                 delete_stored(self.warehouse, erasure.project, erasure.person, erasure.identified, pairs, [])
             gone = self._recompute_sessions(erasure.project, sorted(devices))
-            if pairs or gone:  # added to the erasure's record (GET /v1/erasures sums its rows)
+            if pairs:  # added to the erasure's record (GET /v1/erasures sums its rows): the events
+                # only; a session of hers the batch rewrote was counted when the API deleted it
                 record_erasure(
-                    self.warehouse,
-                    erasure.project,
-                    erasure.person,
-                    (len(pairs), len(gone)),
-                    erased_at_ms=erasure.erased_at,
+                    self.warehouse, erasure.project, erasure.person, (len(pairs), 0), erased_at_ms=erasure.erased_at
                 )
             ERASED.inc(len(pairs))
             log.info(
                 "a batch written while a person was erased swept",
-                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+                extra={"project": erasure.project, "events": len(pairs), "sessions": gone},
             )
         self._let_go(erasures)
 
-    def _recompute_sessions(self, project: str, devices: list[str]) -> list[str]:
-        """The devices' sessions from their events left; the ids of those gone, deleted."""
+    def _recompute_sessions(self, project: str, devices: list[str]) -> int:
+        """The devices' sessions from their events left; those gone deleted, and how many of
+        them were stored."""
         if self.sessions is None:
-            return []
-        gone = self.sessions.recompute_after_erasure(project, devices)
-        delete_sessions(self.warehouse, project, gone)
-        return gone
+            return 0
+        return delete_sessions(self.warehouse, project, self.sessions.recompute_after_erasure(project, devices))
 
     def _claim(self, found: dict[tuple[Erasure, str], int]) -> None:
         """A device first linked to an erased user by an event that was itself still in the log
@@ -226,7 +222,7 @@ class ErasureGuard:
                 self.warehouse,
                 erasure.project,
                 erasure.person,
-                (len(pairs), len(gone)),
+                (len(pairs), gone),
                 [device],
                 spans,
                 erasure.erased_at,  # the erasure's own time
@@ -235,7 +231,7 @@ class ErasureGuard:
             ERASED.inc(len(pairs))
             log.info(
                 "a device of an erased person found in the log; its events before the erasure erased",
-                extra={"project": erasure.project, "events": len(pairs), "sessions": len(gone)},
+                extra={"project": erasure.project, "events": len(pairs), "sessions": gone},
             )
 
 
