@@ -256,7 +256,7 @@ def test_a_segment_library_sends_to_touchpoint_by_changing_its_host(up: Proc) ->
             {"type": "alias", "messageId": ids["alias"], "previousId": old, "userId": user, "timestamp": skewed},
             {"type": "group", "messageId": ids["group"], "userId": user, "groupId": "acme"},
         ],
-        "context": {"library": {"name": "analytics-node"}},
+        "context": {"library": {"name": "analytics-node"}, "ip": "198.51.100.77"},
         "sentAt": skewed,
     }
     r = httpx.post(f"{up.url}/v1/batch", json=batch, headers={"Authorization": _basic(WRITE_KEY)})
@@ -308,3 +308,5 @@ def test_a_segment_library_sends_to_touchpoint_by_changing_its_host(up: Proc) ->
     export = httpx.get(f"{up.url}/v1/persons/{user}/export", headers={"Authorization": f"Bearer {API_KEY}"})
     stored = {x["event_id"]: x for x in map(orjson.loads, export.text.splitlines()) if x["kind"] == "event"}
     assert stored[ids["page"]]["user_agent"] == "Mozilla/5.0 (X11)" and stored[ids["screen"]]["network"] == "wifi"
+    assert stored[ids["page"]]["ip"] == "198.51.100.0"  # the user's address the server sent, anonymised
+    assert stored[ids["screen"]]["ip"] == "127.0.0.0"  # none sent: the request's

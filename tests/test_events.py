@@ -175,3 +175,23 @@ def test_events_without_a_timestamp_keep_their_batch_order() -> None:
     )
     assert record["timestamp"] == 4_999_999_999_998 and record["received_at"] == 5_000_000_000_000
     assert record["client_timestamp"] is None
+
+
+def test_an_event_may_carry_its_users_address() -> None:
+    """A server sending for its users knows their address: the event's ``ip`` replaces the
+    request's, anonymised like any; a bad one is refused naming the field."""
+    assert norm({"type": "page", "anonymous_id": "a", "ip": " 198.51.100.7 "}, ip="10.0.0.1")["ip"] == "198.51.100.0"
+    kept = normalize(
+        {"type": "page", "anonymous_id": "a", "ip": "2001:db8::1"},
+        project="p",
+        received_ms=RECEIVED,
+        sent_at_ms=None,
+        ip="10.0.0.1",
+        anonymize=False,
+    )
+    assert kept["ip"] == "2001:db8::1"
+    assert norm({"type": "page", "anonymous_id": "a"}, ip="10.0.0.1")["ip"] == "10.0.0.0"
+    for bad in ("localhost", 7):
+        with pytest.raises(InvalidEvent) as caught:
+            norm({"type": "page", "anonymous_id": "a", "ip": bad})
+        assert caught.value.field == "ip"

@@ -16,7 +16,8 @@ def test_messages_become_the_events_they_mean() -> None:
         "user_id": 42,
         "name": "Signed Up",
         "properties": {"plan": "pro"},
-        "context": {"library": {"name": "analytics-python"}, "user_agent": "batch-agent"},  # no ip
+        "ip": "198.51.100.7",  # the user's address the server library sent, the event's own
+        "context": {"library": {"name": "analytics-python"}, "user_agent": "batch-agent"},
     }
     identify = {"type": "identify", "anonymousId": "a1", "userId": "u1", "traits": {"email": "x@y"}}
     assert from_segment(identify)["properties"] == {"email": "x@y"}

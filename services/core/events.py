@@ -181,6 +181,19 @@ def anonymize_ip(ip: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False).network_address)
 
 
+def _client_ip(raw: Mapping[str, Any], request_ip: str) -> str:
+    """The event's own ``ip`` (a server sending for its users knows theirs) or the request's."""
+    sent = raw.get("ip")
+    if sent is None:
+        return request_ip
+    if not isinstance(sent, str):
+        raise InvalidEvent("ip", "must be a string")
+    try:
+        return str(ipaddress.ip_address(sent.strip()))
+    except ValueError:
+        raise InvalidEvent("ip", f"not an IPv4 or IPv6 address: {sent[:50]!r}") from None
+
+
 def normalize(
     raw: Any,
     *,
@@ -233,6 +246,7 @@ def normalize(
 
     user_agent = context.get("user_agent")
     agent = parse_user_agent(user_agent) if isinstance(user_agent, str) and user_agent else None
+    ip = _client_ip(raw, ip)
     return {
         "v": RECORD_VERSION,
         "kind": "event",

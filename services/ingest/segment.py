@@ -18,9 +18,10 @@ other, so a message Touchpoint cannot take is refused with its index and field, 
 | ``group`` | refused: Touchpoint has no accounts (``type`` names it) |
 | ``context.userAgent``; ``context.network.wifi``/``cellular`` | ``context.user_agent``; ``context.network.type`` |
 | ``timestamp`` (or ``originalTimestamp``), ``sentAt`` | ``timestamp``, ``sent_at`` (clock skew corrected) |
+| ``context.ip`` | ``ip`` |
 
-``context.ip`` is not used: the address is the request's, as for every event (a server-side
-library sending for its users gives its own server's, country included).
+``context.ip`` becomes the event's ``ip`` (a server-side library sends its user's address
+there; without it the address is the request's, the server's own), anonymised like any.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ def _context(shared: Any, own: Any) -> dict[str, Any]:
     for part in (shared, own):
         if isinstance(part, dict):
             context.update(part)
-    context.pop("ip", None)
     agent = context.pop("userAgent", None)
     if agent is not None and "user_agent" not in context:
         context["user_agent"] = agent
@@ -117,6 +117,9 @@ def from_segment(message: Any, shared_context: Any = None) -> Any:
     if timestamp is not None:
         event["timestamp"] = timestamp
     context = _context(shared_context, message.get("context"))
+    ip = context.pop("ip", None)
+    if ip is not None:  # a server-side library sends its user's address here
+        event["ip"] = ip
     if context:
         event["context"] = context
     return event
