@@ -528,6 +528,38 @@ def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chd
     assert _linked_users(wh, project) == {"bob"}
 
 
+def test_a_session_rewritten_between_the_apis_passes_is_counted_once(chdb_path: Path, tmp_path: Path) -> None:
+    """The sessionizer holds Dora's open session on s1; a batch landing between the API's passes
+    extends it (same session id, written again) and starts one on s9. Both passes delete it;
+    the erasure's answer and record count two sessions, not three."""
+    from services.api.erasure import erase_person
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project = f"erase{next(_projects)}"
+    p = pipeline(wh, tmp_path, project)
+    stored = records_of([raw_event(1, "s1", 0, "dora", 0), raw_event(2, "s1", 5, "", 0)], project)
+    p.write(stored, decode(stored))
+    lagging = records_of(
+        [raw_event(10, "s1", 10, "", 0), raw_event(12, "s9", 20, "dora", 1)], project, received_ms=now_ms() - 5000
+    )
+    real_insert = wh.insert
+    written: list[bool] = []
+
+    def write_then_record(table: str, *args: Any, **kwargs: Any) -> None:
+        if table == "erasures" and not written:
+            written.append(True)
+            p.write(lagging, decode(lagging))
+        real_insert(table, *args, **kwargs)
+
+    wh.insert = write_then_record  # type: ignore[method-assign]
+    assert p.sessions is not None
+    erased = erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
+    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 2}
+    assert [entry[2:] for entry in _listed(wh, project)] == [(4, 2)]
+    assert _stored_ids(wh, project) == set() and stored_rows(wh, project) == []
+
+
 def test_a_sweep_cut_short_by_a_clickhouse_error_is_finished_by_the_retry(chdb_path: Path, tmp_path: Path) -> None:
     """As above, but the sweep's first DELETE fails: the write is retried (nothing committed),
     the retry drops her events before its insert and still deletes the copies the first stored."""
