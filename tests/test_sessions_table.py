@@ -499,17 +499,14 @@ def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_pa
     assert _linked_users(wh, project) == {"bob"}
 
 
-def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chdb_path: Path, tmp_path: Path) -> None:
-    """The batch lands after the API read what to delete and before it recorded the erasure (so
-    no sessionizer read drops or sweeps it): the API's pass after the record deletes it."""
+def _erase_while_a_batch_lands(
+    wh: Warehouse, p: Pipeline, project: str, lagging: list[LogRecord]
+) -> dict[str, Any] | None:
+    """Dora's erasure by the API, with ``lagging`` written by ``p`` after the API read what to
+    delete and before it recorded the erasure (so no sessionizer read drops or sweeps it)."""
     from services.api.erasure import erase_person
 
-    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
-    wh.migrate()
-    project, _, lagging = _erasure_scene(wh, tmp_path)
-    p = pipeline(wh, tmp_path, project)
     real_insert = wh.insert
-
     written: list[bool] = []
 
     def write_then_record(table: str, *args: Any, **kwargs: Any) -> None:
@@ -519,8 +516,21 @@ def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chd
         real_insert(table, *args, **kwargs)
 
     wh.insert = write_then_record  # type: ignore[method-assign]
-    assert p.sessions is not None
-    erased = erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
+    try:
+        assert p.sessions is not None
+        return erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
+    finally:
+        wh.insert = real_insert  # type: ignore[method-assign]
+
+
+def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chdb_path: Path, tmp_path: Path) -> None:
+    """The batch lands after the API read what to delete and before it recorded the erasure (so
+    no sessionizer read drops or sweeps it): the API's pass after the record deletes it."""
+
+    wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
+    wh.migrate()
+    project, _, lagging = _erasure_scene(wh, tmp_path)
+    erased = _erase_while_a_batch_lands(wh, pipeline(wh, tmp_path, project), project, lagging)
     assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 3}
     assert [entry[2:] for entry in _listed(wh, project)] == [(4, 3)]  # the second pass's share too
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
@@ -532,7 +542,6 @@ def test_a_session_rewritten_between_the_apis_passes_is_counted_once(chdb_path: 
     """The sessionizer holds Dora's open session on s1; a batch landing between the API's passes
     extends it (same session id, written again) and starts one on s9. Both passes delete it;
     the erasure's answer and record count two sessions, not three."""
-    from services.api.erasure import erase_person
 
     wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
     wh.migrate()
@@ -543,18 +552,7 @@ def test_a_session_rewritten_between_the_apis_passes_is_counted_once(chdb_path: 
     lagging = records_of(
         [raw_event(10, "s1", 10, "", 0), raw_event(12, "s9", 20, "dora", 1)], project, received_ms=now_ms() - 5000
     )
-    real_insert = wh.insert
-    written: list[bool] = []
-
-    def write_then_record(table: str, *args: Any, **kwargs: Any) -> None:
-        if table == "erasures" and not written:
-            written.append(True)
-            p.write(lagging, decode(lagging))
-        real_insert(table, *args, **kwargs)
-
-    wh.insert = write_then_record  # type: ignore[method-assign]
-    assert p.sessions is not None
-    erased = erase_person(wh, project, "dora", p.sessions.recompute_after_erasure)
+    erased = _erase_while_a_batch_lands(wh, p, project, lagging)
     assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 2}
     assert [entry[2:] for entry in _listed(wh, project)] == [(4, 2)]
     assert _stored_ids(wh, project) == set() and stored_rows(wh, project) == []
