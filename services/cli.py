@@ -275,9 +275,9 @@ def _export(project_id: str | None, identifier: str | None) -> int:
     if end is None:
         print("touchpoint: the export was cut short (no end line): run it again", file=sys.stderr)
         return 1
-    counts = ", ".join(
-        f"{end[k]} {k.replace('_', ' ')}" for k in ("events", "sessions", "identity_links", "abandonments")
-    )
+    labels = {"events": "events", "sessions": "sessions", "identity_links": "identity links"}
+    labels.update(abandonments="abandonments", rejected="refused events")
+    counts = ", ".join(f"{end.get(k, 0)} {label}" for k, label in labels.items())
     print(f"touchpoint: exported {identifier}: {counts}", file=sys.stderr)
     return 0
 

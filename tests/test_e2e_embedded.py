@@ -411,9 +411,24 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
         event(type="identify", anonymous_id=shared, user_id=bob, timestamp=ago(20)),
         event(type="page", name="Deals", anonymous_id=shared, timestamp=ago(19)),
     ]
-    assert up.post_batch(alices + bobs).status_code == 200
+    # Refused events name their senders too (kept 30 days for the operator): hers by her user id
+    # and her browser; Bob's on the shared browser, his since his login there.
+    refused = [
+        {"type": "track", "anonymous_id": app, "user_id": alice},
+        {"type": "nope", "anonymous_id": web},
+        {"type": "nope", "anonymous_id": shared},
+    ]
+    r = up.post_batch(alices + bobs + refused)
+    assert r.status_code == 200 and [x["index"] for x in r.json()["rejected"]] == [6, 7, 8]
     journey_with(up, alice, {e["event_id"] for e in alices})
     journey_with(up, bob, {e["event_id"] for e in bobs})
+
+    def refused_ids() -> list[str]:
+        r = httpx.get(f"{up.url}/v1/rejected", headers=auth, params={"limit": 10_000}, timeout=30)
+        devices = [x["payload"].get("anonymous_id") for x in r.json()["rejected"] if isinstance(x["payload"], dict)]
+        return sorted(d for d in devices if d in (web, app, shared))
+
+    wait_for(lambda: refused_ids() == sorted([web, app, shared]) or None, 30, "the refused events to be stored")
     for device, count in ((web, 1), (app, 1), (shared, 2)):
         sessions_of(up, device, lambda s, n=count: len(s) == n)  # type: ignore[misc]
 
@@ -428,7 +443,7 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     r = httpx.delete(f"{up.url}/v1/persons/{web}", headers=auth, timeout=60)  # her device names her
     assert r.status_code == 200, r.text
     erased = r.json()
-    assert erased["person_id"] == alice and erased["deleted"] == {"events": 4, "sessions": 3}
+    assert erased["person_id"] == alice and erased["deleted"] == {"events": 4, "sessions": 3, "rejected": 2}
     assert sorted(erased["identities"]["anonymous_ids"]) == sorted([web, app, shared])
 
     for identifier in (alice, web, app):
@@ -436,6 +451,7 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert sorted(event_ids(up.journey(bob).json())) == sorted(e["event_id"] for e in bobs)
     assert up.journey(shared).json()["person_id"] == bob
     assert funnel_count() == 0
+    assert refused_ids() == [shared]  # Bob's
     person_sessions = httpx.get(f"{up.url}/v1/sessions", params={"person": alice}, headers=auth, timeout=30)
     assert person_sessions.json()["sessions"] == []
     assert [s["person_id"] for s in sessions_of(up, shared, lambda s: len(s) == 1)] == [bob]
@@ -458,7 +474,11 @@ def test_erasing_a_person_removes_them_from_every_answer_and_leaves_the_other_us
     assert up.journey(web).status_code == 404
     listed = httpx.get(f"{up.url}/v1/erasures", headers=auth, timeout=30).json()["erasures"]
     mine = [(e["person_id"], e["deleted"]) for e in listed if e["person_id"] in (alice, web)]
-    assert mine == [(web, {"events": 1, "sessions": 1}), (alice, {"events": 4, "sessions": 3})]  # newest first
+    # Newest first.
+    assert mine == [
+        (web, {"events": 1, "sessions": 1, "rejected": 0}),
+        (alice, {"events": 4, "sessions": 3, "rejected": 2}),
+    ]
     other = httpx.get(f"{up.url}/v1/erasures", headers={"Authorization": f"Bearer {OTHER_API_KEY}"}, timeout=30)
     assert alice not in {e["person_id"] for e in other.json()["erasures"]}  # another project's key
 
@@ -481,7 +501,8 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
         event(type="track", name="Crash", anonymous_id=app, timestamp=ago(10), error={"kind": "js", "message": "x"}),
     ]
     finns = [event(type="identify", anonymous_id=web, user_id=finn, timestamp=ago(5))]
-    assert up.post_batch(erins + finns).status_code == 200
+    refused = {"type": "nope", "anonymous_id": app, "properties": {"plan": "pro"}}  # hers, refused
+    assert up.post_batch([*erins, *finns, refused]).json()["accepted"] == 5
     journey_with(up, finn, {e["event_id"] for e in finns})
     journey_with(up, erin, {e["event_id"] for e in erins[1:]})
     url = f"{up.url}/v1/persons/{erin}/export"
@@ -490,7 +511,8 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
         r = httpx.get(url, headers=auth, timeout=60)
         assert r.status_code == 200, r.text
         lines = [orjson.loads(line) for line in r.text.splitlines()]
-        return lines if [x for x in lines if x["kind"] == "session" and x["anonymous_id"] == app] else None
+        has_app_session = [x for x in lines if x["kind"] == "session" and x["anonymous_id"] == app]
+        return lines if has_app_session and [x for x in lines if x["kind"] == "rejected"] else None
 
     lines: list[dict[str, Any]] = wait_for(export, 30, "Erin's sessions in her export")
     r = httpx.get(url, headers=auth, timeout=60)
@@ -508,6 +530,9 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
     links = [(x["anonymous_id"], x["user_id"]) for x in lines if x["kind"] == "identity_link"]
     assert sorted(links) == sorted([(web, erin), (app, erin)])
     assert lines[-1]["kind"] == "end" and lines[-1]["events"] == 4 and lines[-1]["sessions"] == len(sessions)
+    (refused_line,) = [x for x in lines if x["kind"] == "rejected"]
+    assert refused_line["payload"] == refused and refused_line["error"].startswith("type:")
+    assert lines[-1]["rejected"] == 1
 
     # The shared browser names its current user, as in GET /v1/journeys: Finn, with his event only.
     finn_export = httpx.get(f"{up.url}/v1/persons/{web}/export", headers=auth, timeout=60).text.splitlines()
@@ -522,6 +547,7 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
     assert cli.returncode == 0, cli.stderr
     assert [orjson.loads(line) for line in cli.stdout.splitlines()] == lines
     assert f"exported {erin}: 4 events, {len(sessions)} sessions, 2 identity links" in cli.stderr
+    assert cli.stderr.rstrip().endswith("abandonments, 1 refused events")
 
 
 def test_a_batch_without_timestamps_keeps_its_order_in_every_answer(up: Proc) -> None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.eventlog import EmbeddedLog, LogRecord
-from services.core.events import normalize, now_ms
+from services.core.events import normalize, now_ms, rejected_record
 from services.core.identity import links_in
 from services.core.sessions import session_person, summarize
 from services.core.settings import Project, Projects
@@ -55,6 +55,16 @@ def records_of(raws: list[dict[str, Any]], project: str, received_ms: int = BASE
     out = []
     for raw in raws:
         record = normalize(raw, project=project, received_ms=received_ms, sent_at_ms=None, ip="127.0.0.1")
+        offset = next(_offsets)
+        out.append(LogRecord(0, offset, offset + 1, b"k", orjson.dumps(record), topic="sessions-test"))
+    return out
+
+
+def dead_letters(project: str, refused: list[tuple[Any, int]]) -> list[LogRecord]:
+    """Log records of refused events (payload as sent, when received in ms), as ingest writes them."""
+    out = []
+    for index, (payload, received_ms) in enumerate(refused):
+        record = rejected_record(project, index, "type: must be one of ...", payload, received_ms)
         offset = next(_offsets)
         out.append(LogRecord(0, offset, offset + 1, b"k", orjson.dumps(record), topic="sessions-test"))
     return out
@@ -367,7 +377,7 @@ def test_a_device_back_after_its_person_was_erased_starts_afresh(chdb_path: Path
     assert [(r[4], r[-1]) for r in stored_rows(wh, project)] == [(2, "dora")]
     erased = erase_person(wh, project, "er1")  # the device names its owner
     assert erased is not None and erased["person_id"] == "dora"
-    assert erased["deleted"] == {"events": 2, "sessions": 1}
+    assert erased["deleted"] == {"events": 2, "sessions": 1, "rejected": 0}
     assert stored_rows(wh, project) == []
     # Accepted after the erasure: the device came back (one accepted before it would be dropped),
     # and Dora logs in again: her new link is kept.
@@ -397,7 +407,7 @@ def test_an_erasure_cut_short_is_finished_by_running_it_again(chdb_path: Path, t
     for table in ("events", "sessions"):  # as far as the first erasure got
         wh.command(f"DELETE FROM {table} WHERE project = {{p:String}}", {"p": project})
     erased = erase_person(wh, project, "eve")
-    assert erased is not None and erased["deleted"] == {"events": 0, "sessions": 0}
+    assert erased is not None and erased["deleted"] == {"events": 0, "sessions": 0, "rejected": 0}
     assert wh.rows("SELECT count() AS n FROM identity_links WHERE project = {p:String}", {"p": project})[0]["n"] == 0
     assert erase_person(wh, project, "eve") is None
 
@@ -454,13 +464,24 @@ def test_events_of_an_erased_person_still_in_the_log_are_not_stored(chdb_path: P
     wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
     wh.migrate()
     project, _, lagging = _erasure_scene(wh, tmp_path)
+    lagging += dead_letters(
+        project,
+        [  # refused events accepted before the erasure: hers by her user id; Bob's browser by then; x1's
+            ({"type": "bogus", "anonymous_id": "s1", "user_id": "dora"}, now_ms() - 5000),
+            ({"type": "bogus", "anonymous_id": "s1"}, now_ms() - 5000),
+            ({"type": "bogus", "anonymous_id": "x1"}, now_ms() - 5000),
+        ],
+    )
     erased = erase_person(wh, project, "dora")
-    assert erased is not None and erased["deleted"] == {"events": 2, "sessions": 1}
+    assert erased is not None and erased["deleted"] == {"events": 2, "sessions": 1, "rejected": 0}
     assert _stored_ids(wh, project) == {"e3"}
     # A fresh process (a restart): the erasure is read from ClickHouse before its first write.
     p = pipeline(wh, tmp_path, project)
     p.write(lagging, decode(lagging))
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
+    refused = wh.rows("SELECT payload FROM rejected_events WHERE project = {p:String}", {"p": project})
+    assert sorted(orjson.loads(r["payload"])["anonymous_id"] for r in refused) == ["s1", "x1"]
+    assert "dora" not in {orjson.loads(r["payload"]).get("user_id") for r in refused}
     assert _persons(wh, project) == {"bob", "x1"}
     assert _linked_users(wh, project) == {"bob"}
     # Dora comes back on s9 after the erasure: new data, kept and linked again.
@@ -531,7 +552,7 @@ def test_a_write_that_lands_while_the_api_erases_is_taken_by_its_second_pass(chd
     wh.migrate()
     project, _, lagging = _erasure_scene(wh, tmp_path)
     erased = _erase_while_a_batch_lands(wh, pipeline(wh, tmp_path, project), project, lagging)
-    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 3}
+    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 3, "rejected": 0}
     assert [entry[2:] for entry in _listed(wh, project)] == [(4, 3)]  # the second pass's share too
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
     assert _persons(wh, project) == {"bob", "x1"}
@@ -553,7 +574,7 @@ def test_a_session_rewritten_between_the_apis_passes_is_counted_once(chdb_path: 
         [raw_event(10, "s1", 10, "", 0), raw_event(12, "s9", 20, "dora", 1)], project, received_ms=now_ms() - 5000
     )
     erased = _erase_while_a_batch_lands(wh, p, project, lagging)
-    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 2}
+    assert erased is not None and erased["deleted"] == {"events": 4, "sessions": 2, "rejected": 0}
     assert [entry[2:] for entry in _listed(wh, project)] == [(4, 2)]
     assert _stored_ids(wh, project) == set() and stored_rows(wh, project) == []
 

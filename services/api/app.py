@@ -8,7 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
@@ -23,6 +22,7 @@ from services.sessionizer.open_sessions import OpenSessions
 from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
+from .dead_letters import payload_as_sent
 from .erasure import erase_person
 from .export import export_person
 from .journeys import load_journey, ms
@@ -345,7 +345,7 @@ class QueryApi:
                     "received_at": iso(ms(r["received_at"])),
                     "index": r["batch_index"],
                     "error": r["error"],
-                    "payload": _maybe_json(r["payload"]),
+                    "payload": payload_as_sent(r["payload"]),
                 }
                 for r in rows
             ]
@@ -419,7 +419,11 @@ class QueryApi:
                 {
                     "person_id": r["person"],
                     "devices": list(r["devices"]),
-                    "deleted": {"events": int(r["events"]), "sessions": int(r["sessions"])},
+                    "deleted": {
+                        "events": int(r["events"]),
+                        "sessions": int(r["sessions"]),
+                        "rejected": int(r["rejected"]),
+                    },
                     "erased_at": iso(ms(r["erased_at"])),
                 }
                 for r in rows
@@ -624,13 +628,6 @@ def _stage_json(name: str, index: int, summary: dict[str, Any], rows: list[dict[
         },
         "note": None if enough or not mine else f"fewer than {MIN_OBSERVATIONS} people per touchpoint: no pain points",
     }
-
-
-def _maybe_json(text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return text
 
 
 def _empty_abandonment() -> dict[str, Any]:

@@ -20,6 +20,7 @@ from services.core.events import iso
 from services.core.identity import events_of_person
 from services.core.warehouse import Warehouse
 
+from .dead_letters import dead_letters_of, delete_dead_letters
 from .journeys import PERSON_EVENTS_WHERE, Person, ms, resolve_person
 
 # Recomputes some devices' sessions from their stored events; returns the ids that no longer exist
@@ -40,20 +41,23 @@ def erase_person(
     sessionizer stitched to another user may hold her events)."""
     who = resolve_person(warehouse, project, identifier)
     pairs, sessions = _stored_of(warehouse, project, who)
+    letters = dead_letters_of(warehouse, project, who)
     # A user's links alone still name them: an erasure cut short after its first DELETEs (they
     # run in this order, links last) is completed by running it again.
-    if not pairs and not sessions and not (who.is_user and who.devices):
+    if not pairs and not sessions and not letters and not (who.is_user and who.devices):
         return None
+    rejected = delete_dead_letters(warehouse, project, letters)
     delete_stored(warehouse, project, who.person_id, who.is_user, pairs, sessions)
     # The sessionizer keys a device by its anonymous id, and events without one by "user:<id>".
     devices = sorted({*who.devices, *([USER_DEVICE_PREFIX + who.person_id] if who.is_user else [])})
     spans = owned_spans(who.person_id, who.devices, who.links)
-    record_erasure(warehouse, project, who.person_id, (len(pairs), len(sessions)), devices, spans)
+    record_erasure(warehouse, project, who.person_id, (len(pairs), len(sessions)), devices, spans, rejected=rejected)
     erased_at = warehouse.rows(
         "SELECT max(erased_at) AS at FROM erasures WHERE project = {project:String} AND person = {person:String}",
         {"project": project, "person": who.person_id},
     )[0]["at"]
     late_pairs, late_sessions = _stored_of(warehouse, project, who)
+    late_rejected = delete_dead_letters(warehouse, project, dead_letters_of(warehouse, project, who))
     if late_pairs or late_sessions:
         delete_stored(warehouse, project, who.person_id, who.is_user, late_pairs, late_sessions)
     # Counted once: a session of the first pass that a batch rewrote in between (extended by
@@ -66,9 +70,14 @@ def erase_person(
         # Signals and links went in the line above; counted: the gone sessions still stored.
         delete_sessions(warehouse, project, [s for s in gone if s in counted])
         late_session_count += delete_sessions(warehouse, project, [s for s in gone if s not in counted])
-    if late_pairs or late_session_count:  # added to the record: GET /v1/erasures sums them
+    if late_pairs or late_session_count or late_rejected:  # added to the record: GET /v1/erasures sums them
         record_erasure(
-            warehouse, project, who.person_id, (len(late_pairs), late_session_count), erased_at_ms=ms(erased_at)
+            warehouse,
+            project,
+            who.person_id,
+            (len(late_pairs), late_session_count),
+            erased_at_ms=ms(erased_at),
+            rejected=late_rejected,
         )
     return {
         "person_id": who.person_id,
@@ -77,7 +86,11 @@ def erase_person(
             "user_ids": [who.person_id] if who.is_user else [],
             "anonymous_ids": sorted({p[0] for p in [*pairs, *late_pairs] if p[0]} | set(who.devices)),
         },
-        "deleted": {"events": len(pairs) + len(late_pairs), "sessions": len(sessions) + late_session_count},
+        "deleted": {
+            "events": len(pairs) + len(late_pairs),
+            "sessions": len(sessions) + late_session_count,
+            "rejected": rejected + late_rejected,
+        },
         "erased_at": iso(ms(erased_at)),
     }
 

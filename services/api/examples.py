@@ -91,7 +91,7 @@ ERASURE = {
     "person_id": "user-42",
     "identified": True,
     "identities": {"user_ids": ["user-42"], "anonymous_ids": ["3f0c2a9e-web", "app-7c1d"]},
-    "deleted": {"events": 318, "sessions": 12},
+    "deleted": {"events": 318, "sessions": 12, "rejected": 2},
     "erased_at": "2026-11-23T19:02:11.418Z",
 }
 
@@ -100,7 +100,7 @@ ERASURES = {
         {
             "person_id": "user-42",
             "devices": ["3f0c2a9e-web", "app-7c1d", "user:user-42"],
-            "deleted": {"events": 318, "sessions": 12},
+            "deleted": {"events": 318, "sessions": 12, "rejected": 2},
             "erased_at": "2026-11-23T19:02:11.418Z",
         }
     ]

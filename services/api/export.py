@@ -11,6 +11,7 @@ reads. Lines, each an object with a ``kind``:
 - ``event``: each event, every stored column, oldest first (the copy written last of a resent one);
 - ``session``: each stored session of theirs;
 - ``abandonment``: each abandonment signal about them;
+- ``rejected``: each event of theirs that ingest refused (kept 30 days), as sent, with why;
 - ``end``: how many of each were written. A stream cut short has none, so a reader can tell.
 
 Events are read in pages (keyset on time and id), so a long history streams in bounded memory.
@@ -29,6 +30,7 @@ from services.core.identity import events_of_person
 from services.core.signals import SIGNAL_COLUMNS, STORED_SESSION_COLUMNS, signal_json, stored_session_json
 from services.core.warehouse import Warehouse
 
+from .dead_letters import dead_letters_of, payload_as_sent
 from .journeys import PERSON_EVENTS_WHERE, Person, ms, resolve_person
 
 PAGE_EVENTS = 5_000
@@ -68,7 +70,7 @@ def export_person(
         "devices": who.devices,
     }
     first = warehouse.rows(f"SELECT 1 FROM events WHERE {PERSON_EVENTS_WHERE} LIMIT 1", params)
-    if not first and not (who.is_user and who.devices):
+    if not first and not (who.is_user and who.devices) and not dead_letters_of(warehouse, project, who):
         return None
     return _lines(warehouse, project, who, params, page)
 
@@ -94,7 +96,7 @@ def _lines(warehouse: Warehouse, project: str, who: Person, params: dict[str, An
                 "last_seen": iso(link.last_seen),
             },
         )
-    counts = {"identity_links": len(own_links), "events": 0, "sessions": 0, "abandonments": 0}
+    counts = {"identity_links": len(own_links), "events": 0, "sessions": 0, "abandonments": 0, "rejected": 0}
     after: tuple[int, str, str] = (-(1 << 62), "", "")
     while True:
         rows = warehouse.rows(
@@ -130,4 +132,15 @@ def _lines(warehouse: Warehouse, project: str, who: Person, params: dict[str, An
         ):
             counts[f"{kind}s"] += 1
             yield _line(kind, as_json(row))
+    for letter in dead_letters_of(warehouse, project, who):
+        counts["rejected"] += 1
+        yield _line(
+            "rejected",
+            {
+                "received_at": iso(int(letter["timestamp"])),
+                "index": letter["batch_index"],
+                "error": letter["error"],
+                "payload": payload_as_sent(letter["payload"]),
+            },
+        )
     yield _line("end", counts)

@@ -174,13 +174,15 @@ def record_erasure(
     devices: Sequence[str] = (),
     spans: Sequence[tuple[str, int, int]] = (),
     erased_at_ms: int | None = None,
+    rejected: int = 0,
 ) -> None:
     """A row of ``erasures``: (events, sessions) deleted, and for the sessionizers the devices
     and spans to drop events of (none for a row that only adds what a later pass deleted).
     ``erased_at_ms`` None: now, by the server's clock (the erasure itself); else the time of the
-    erasure the row adds to, so ``GET /v1/erasures`` sums them into that one."""
-    columns = ["project", "person", "devices", "spans", "events", "sessions"]
-    row: list[Any] = [project, person, list(devices), list(spans), counts[0], counts[1]]
+    erasure the row adds to, so ``GET /v1/erasures`` sums them into that one. ``rejected``: the
+    person's dead letters deleted."""
+    columns = ["project", "person", "devices", "spans", "events", "sessions", "rejected"]
+    row: list[Any] = [project, person, list(devices), list(spans), counts[0], counts[1], rejected]
     if erased_at_ms is not None:
         columns.append("erased_at")
         row.append(datetime.fromtimestamp(erased_at_ms / 1000, tz=UTC))
@@ -191,7 +193,7 @@ def record_erasure(
 # sweep or a device found later deleted, each recorded at the erasure's time) summed.
 ERASURES_LISTED: Final = """
 SELECT person, arraySort(arrayDistinct(arrayFlatten(groupArray(devices)))) AS devices,
-       sum(events) AS events, sum(sessions) AS sessions, erased_at
+       sum(events) AS events, sum(sessions) AS sessions, sum(rejected) AS rejected, erased_at
 FROM erasures WHERE project = {project:String}
 GROUP BY person, erased_at
 ORDER BY erased_at DESC, person

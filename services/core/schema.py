@@ -382,6 +382,16 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        10,
+        "erasures: dead letters deleted",
+        (
+            """
+            ALTER TABLE erasures ADD COLUMN IF NOT EXISTS rejected UInt64 DEFAULT 0
+            COMMENT 'rejected events (dead letters) of the person deleted'
+            """,
+        ),
+    ),
 )
 
 MIGRATIONS_TABLE: Final = f"""

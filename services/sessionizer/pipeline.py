@@ -28,7 +28,7 @@ from services.core.warehouse import Warehouse
 
 from .erasures import ErasureGuard
 from .open_sessions import OpenSessions
-from .rows import event_row, event_values_json, link_rows, owners_of, rejected_row, session_event
+from .rows import dead_letter_owner, event_row, event_values_json, link_rows, owners_of, rejected_row, session_event
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -119,7 +119,12 @@ class Decoded:
     def drop_erased(self, owners: ErasedOwners) -> list[tuple[Owner, Erasure]]:
         """Drop the events of persons erased after they were accepted (still in the log when the
         erasure ran, or read again after a crash), with the sessions' copies and the identity
-        links they made; returns the dropped events with the erasure that took each."""
+        links they made, and their dead letters; returns the dropped events with the erasure
+        that took each."""
+        if owners and self.rejected:
+            self.rejected = [
+                r for r in self.rejected if (o := dead_letter_owner(r)) is None or owners.erasure_of(o) is None
+            ]
         if not owners or self.oldest_received_ms > owners.newest_ms:
             return []
         mine = owners_of(self.events)

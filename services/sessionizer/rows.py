@@ -146,6 +146,30 @@ def rejected_row(record: Mapping[str, Any]) -> list[Any]:
     return [record["project"], _dt(record["received_at"]), int(record.get("index", 0)), record["error"], text[:65536]]
 
 
+def _sent_id(value: Any) -> str:
+    """An id as ingest reads it (a string, or an integer's digits); anything else names nobody."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else ""
+
+
+def dead_letter_owner(row: Sequence[Any]) -> Owner | None:
+    """Whose a ``rejected_row`` is, by the ids its payload names (at the time it was received,
+    as the API's erasure reads them: services/api/dead_letters.py); None when it names nobody."""
+    text = row[4]
+    try:
+        payload = orjson.loads(text) if text.startswith("{") else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    anonymous_id, user_id = _sent_id(payload.get("anonymous_id")), _sent_id(payload.get("user_id"))
+    if not anonymous_id and not user_id:
+        return None
+    received = round(row[1].timestamp() * 1000)
+    return (row[0], anonymous_id, user_id, received, received)
+
+
 # Where an erasure's rule finds its fields in an events line (EVENT_COLUMNS order).
 _PROJECT, _ANONYMOUS_ID, _USER_ID, _TIMESTAMP, _RECEIVED_AT = (
     EVENT_COLUMNS.index(c) for c in ("project", "anonymous_id", "user_id", "timestamp", "received_at")
