@@ -643,7 +643,14 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/behaviour",
         "/v1/pixel.gif",
         "/v1/tracker.js",
+        "/v1/b",  # Segment's paths, each with its message's schema
+        "/v1/track",
+        "/v1/identify",
     } <= set(spec["paths"])
+    track = spec["paths"]["/v1/track"]["post"]["requestBody"]["content"]["application/json"]
+    assert track["example"]["event"] == "Order Completed" and "anonymousId" in track["schema"]["properties"]
+    batch = spec["paths"]["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(batch["examples"]) == {"touchpoint", "segment"}
 
 
 def test_events_later_than_the_allowed_lateness_are_stored_and_flagged(up: Proc) -> None:

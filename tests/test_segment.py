@@ -38,6 +38,26 @@ def test_messages_become_the_events_they_mean() -> None:
     assert from_segment(screen, shared)["context"]["network"] == {"carrier": "T", "type": "cellular"}
     assert from_segment(screen, shared)["context"]["user_agent"] == "own"  # the message's over the batch's
     assert from_segment({"type": "group", "groupId": "g"})["type"] == "group"  # validation refuses it
+
+
+def test_a_mobile_librarys_platform_is_a_device_type_and_an_os() -> None:
+    """Segment's iOS and Android libraries send the platform as device.type: breakdowns by device
+    type would show "ios" and "android" beside "mobile" and "desktop"."""
+
+    def context(device: dict[str, str], **more: object) -> object:
+        message = {"type": "screen", "name": "Cart", "anonymousId": "d1", "context": {"device": device, **more}}
+        return from_segment(message)["context"]
+
+    assert context({"type": "ios", "model": "iPhone15,2"}) == {
+        "device": {"type": "mobile", "model": "iPhone15,2"},
+        "os": {"name": "iOS"},
+    }
+    assert context({"type": "ios", "model": "iPad13,1"})["device"]["type"] == "tablet"  # type: ignore[index]
+    assert context({"type": "android"}, os={"name": "Android", "version": "14"}) == {
+        "device": {"type": "mobile"},
+        "os": {"name": "Android", "version": "14"},  # as sent
+    }
+    assert context({"type": "tablet"}) == {"device": {"type": "tablet"}}  # a form factor: as sent
     assert from_segment("junk") == "junk"
 
 

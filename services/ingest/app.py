@@ -34,7 +34,7 @@ from services.core.settings import Project, Projects, Settings
 
 from .body import BodyError, decompress, parse_json, read_limited
 from .geo import Geo
-from .openapi import BATCH_OPENAPI
+from .openapi import BATCH_OPENAPI, SEGMENT_OPENAPI
 from .segment import SEGMENT_PATHS, SINGLE_PATHS, basic_auth_user, is_segment_batch, segment_events, single_as_batch
 from .tracker import TRACKER
 
@@ -149,6 +149,16 @@ class Ingest:
             self.router.add_api_route(
                 f"{prefix}/v1/batch", self.preflight, methods=["OPTIONS"], include_in_schema=False
             )
+            for path, (summary, extra) in SEGMENT_OPENAPI.items():
+                self.router.add_api_route(
+                    f"{prefix}{path}",
+                    self.batch,
+                    methods=["POST"],
+                    tags=["ingest: Segment compatible"],
+                    summary=summary,
+                    openapi_extra=extra,
+                    include_in_schema=not hidden,
+                )
             self.router.add_api_route(
                 f"{prefix}/v1/pixel.gif",
                 self.pixel,
@@ -197,8 +207,14 @@ class Ingest:
         work); this route documents the endpoint and serves any app built without it.
         """
         ip = request.client.host if request.client else ""
-        answer = await self.answer_batch(request.headers, request.query_params, ip, request.receive)
+        single = self._single_kind(request.url.path)
+        answer = await self.answer_batch(request.headers, request.query_params, ip, request.receive, single)
         return answer.response()
+
+    def _single_kind(self, path: str) -> str | None:
+        """The message type a Segment one-message path means (``/v1/track``: track), else None."""
+        prefix = self.settings.collect_prefix
+        return SINGLE_PATHS.get(path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path)
 
     async def asgi_batch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v1/batch`` as a bare ASGI app: the hot path of every tracker."""
@@ -207,10 +223,7 @@ class Ingest:
         query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
         client = scope.get("client")
         ip = client[0] if client else ""
-        path = scope["path"]
-        prefix = self.settings.collect_prefix
-        single = SINGLE_PATHS.get(path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path)
-        answer = await self.answer_batch(headers, query, ip, receive, single)
+        answer = await self.answer_batch(headers, query, ip, receive, self._single_kind(scope["path"]))
         await answer.send(send)
 
     async def answer_batch(

@@ -19,6 +19,7 @@ other, so a message Touchpoint cannot take is refused with its index and field, 
 | ``context.userAgent``; ``context.network.wifi``/``cellular`` | ``context.user_agent``; ``context.network.type`` |
 | ``timestamp`` (or ``originalTimestamp``), ``sentAt`` | ``timestamp``, ``sent_at`` (clock skew corrected) |
 | ``context.ip`` | ``ip`` |
+| ``context.device.type`` ``ios``, ``android`` (a platform) | ``mobile`` (an iPad: ``tablet``); ``os.name`` if none |
 
 ``context.ip`` becomes the event's ``ip`` (a server-side library sends its user's address
 there; without it the address is the request's, the server's own), anonymised like any.
@@ -47,6 +48,8 @@ SINGLE_PATHS: Final = {
     "/v1/g": "group",
 }
 SEGMENT_PATHS: Final = (BATCH_PATH, *SINGLE_PATHS)
+# Segment's device.type values that name a platform, not a form factor: the OS they mean.
+_PLATFORMS: Final = {"ios": "iOS", "android": "Android"}
 
 
 def single_as_batch(message: Mapping[str, Any], kind: str) -> dict[str, Any]:
@@ -84,6 +87,16 @@ def _context(shared: Any, own: Any) -> dict[str, Any]:
     agent = context.pop("userAgent", None)
     if agent is not None and "user_agent" not in context:
         context["user_agent"] = agent
+    device = context.get("device")
+    platform = device.get("type") if isinstance(device, dict) else None
+    if isinstance(device, dict) and isinstance(platform, str) and platform.lower() in _PLATFORMS:
+        # Segment's mobile libraries put the platform in device.type: the OS, on a phone or tablet.
+        model = device.get("model")
+        form = "tablet" if isinstance(model, str) and model.startswith("iPad") else "mobile"
+        context["device"] = {**device, "type": form}
+        os = context.get("os")
+        if not (isinstance(os, dict) and os.get("name")):
+            context["os"] = {**(os if isinstance(os, dict) else {}), "name": _PLATFORMS[platform.lower()]}
     network = context.get("network")
     if isinstance(network, dict) and "type" not in network:
         kind = "wifi" if network.get("wifi") else "cellular" if network.get("cellular") else None
