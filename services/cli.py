@@ -48,6 +48,8 @@ def _banner(settings: Settings, projects: Projects, source: str, created: bool) 
         """    -d '{"events":[{"type":"page","name":"Home","anonymous_id":"a1","context":{"page":{"path":"/"}}}]}'""",
         "Read the journey back:",
         f"  curl -s {url}/v1/journeys/a1 -H 'Authorization: Bearer {first.api_keys[0]}'",
+        "Or open the console in a browser (the key stays in that tab):",
+        f"  {url}/#key={first.api_keys[0]}",
         "",
     ]
     print("\n".join(lines), flush=True)

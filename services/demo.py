@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -140,9 +141,12 @@ def main(people: int = 3000, seed: int = 42) -> int:
             timeout=120,
         ).json()
         print(report(abandonment, correlation, people, traffic.unique_events))
-        print("Explore: touchpoint up, then")
+        base = f"http://{settings.host}:{settings.port}"
+        print("Explore: touchpoint up, then open the console (the key stays in that browser tab)")
+        print(f"  {base}/#key={project.api_keys[0]}&goal={quote(GOAL)}")
+        print("or ask the API")
         print(
-            f"  curl -s http://{settings.host}:{settings.port}/v1/abandonment "
+            f"  curl -s {base}/v1/abandonment "
             f"-H 'Authorization: Bearer {project.api_keys[0]}' -d '{{\"goal\": \"{GOAL}\"}}'"
         )
     finally:

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +218,13 @@ def journey_with(
 
     result: dict[str, Any] = wait_for(check, timeout, f"events {sorted(expected_ids)[:3]}... in journey {identifier}")
     return result
+
+
+def uid(prefix: str) -> str:
+    """A name no other test (or earlier run on the same data) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def ago(minutes: float) -> str:
+    """An ISO time in the recent past, inside the API's default 7-day range."""
+    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat()

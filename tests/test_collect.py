@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.harness import API_KEY, OTHER_WRITE_KEY, WRITE_KEY, Proc, journey_with, new_proc
+from tests.harness import API_KEY, OTHER_WRITE_KEY, WRITE_KEY, Proc, journey_with, new_proc, uid
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +25,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     ).start()
     yield proc
     proc.stop()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def test_pixel_records_one_event(up: Proc) -> None:

@@ -32,4 +32,5 @@ def test_demo_prints_an_abandonment_report(tmp_path: Path) -> None:
     assert "Where people abandon" in text and "page /search" in text
     assert re.search(r"0–500 ms\s+(\d+\.\d%|too few)", text)
     assert "Authorization: Bearer ak_" in text  # how to explore further
+    assert re.search(r"http://127.0.0.1:\d+/#key=ak_\S+&goal=Order%20Completed\n", text)  # the console
     assert (tmp_path / "data" / "projects.toml").exists()

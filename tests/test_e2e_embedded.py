@@ -23,10 +23,12 @@ from tests.harness import (
     OTHER_WRITE_KEY,
     WRITE_KEY,
     Proc,
+    ago,
     event_ids,
     journey_with,
     new_proc,
     sessions_of,
+    uid,
     wait_for,
 )
 
@@ -36,10 +38,6 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
     proc = new_proc("up", tmp_path_factory.mktemp("up")).start()
     yield proc
     proc.stop()
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def test_health_and_metrics(up: Proc) -> None:
@@ -111,11 +109,6 @@ def test_status_in_words_says_what_is_wrong() -> None:
         ["no sessionizer in this process: ask the one running `touchpoint sessionizer`"],
         True,
     )
-
-
-def ago(minutes: float) -> str:
-    """An ISO time in the recent past, inside the API's default 7-day range."""
-    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat()
 
 
 def test_cross_device_journey_with_retroactive_link(up: Proc) -> None:

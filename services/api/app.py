@@ -22,6 +22,7 @@ from services.sessionizer.open_sessions import OpenSessions
 from . import examples
 from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
 from .auth import project_for
+from .console import add_console
 from .dead_letters import payload_as_sent
 from .erasure import erase_person
 from .export import export_person
@@ -75,6 +76,7 @@ class QueryApi:
         self.warehouse = warehouse
         self._ready = False
         self.router = APIRouter(route_class=JsonBodyRoute)
+        add_console(self.router)
         routes: list[tuple[str, Callable[..., Any], str, str, str]] = [  # path, endpoint, method, tag, summary
             ("/v1/journeys/{identifier}", self.journey, "GET", "query", "Everything one person did, as sessions"),
             (

@@ -313,13 +313,10 @@ class Ingest:
 
     async def tracker(self, request: Request) -> Response:
         """The tracker, gzipped when the browser takes it, 304 when its copy is current."""
-        headers = {"Cache-Control": "public, max-age=3600", "ETag": TRACKER.etag, "Vary": "Accept-Encoding"}
-        if TRACKER.etag in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=headers)
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return Response(TRACKER.gzipped, media_type="application/javascript", headers=headers)
-        return Response(TRACKER.plain, media_type="application/javascript", headers=headers)
+        status, body, headers = TRACKER.answer(
+            request.headers.get("if-none-match", ""), request.headers.get("accept-encoding", ""), 3600
+        )
+        return Response(body, status_code=status, media_type=TRACKER.media_type, headers=headers)
 
     async def preflight(self, request: Request) -> Response:
         """CORS preflight: allowed when the origin is allowed by the project named in ``write_key``,

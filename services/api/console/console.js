@@ -1,0 +1,254 @@
+/* Touchpoint console: the query API's answers as tables, for people rather than programs.
+ *
+ * Every number on the page comes from the public API (the same calls a script would make), with
+ * the project's API key, which stays in this tab (sessionStorage) and goes to this server only.
+ * What is shown lives in the URL's fragment (goal, steps, person …), so a view can be bookmarked
+ * or shared without the key; `#key=…` is accepted once, kept, and removed from the address.
+ * Tracked data is the visitor's: everything is inserted as text, never as HTML.
+ */
+"use strict";
+(function () {
+  const KEY = "touchpoint_api_key";
+  const $ = (id) => document.getElementById(id);
+  const state = new URLSearchParams(location.hash.slice(1));
+  if (state.get("key")) {
+    sessionStorage.setItem(KEY, state.get("key"));
+    state.delete("key");
+    history.replaceState(null, "", location.pathname + location.search + (state.toString() ? "#" + state : ""));
+  }
+  let key = sessionStorage.getItem(KEY) || "";
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined) continue;
+      if (name === "class") node.className = value; else node.setAttribute(name, String(value));
+    }
+    for (const child of children) node.append(child instanceof Node ? child : String(child ?? ""));
+    return node;
+  }
+  const pct = (x) => (x === null || x === undefined ? "n/a" : (x * 100).toFixed(1) + "%");
+  const interval = (ci) => (ci ? `${(ci[0] * 100).toFixed(1)}–${(ci[1] * 100).toFixed(1)}%` : "");
+  const count = (x) => (x === null || x === undefined ? "n/a" : Number(x).toLocaleString("en"));
+  const ms = (x) => (x === null || x === undefined ? "n/a" : Math.round(x).toLocaleString("en") + " ms");
+  function bar(share) {  // the width through CSSOM: the page's CSP allows no inline style attribute
+    const fill = el("span");
+    fill.style.width = `${Math.max(0, Math.min(1, share || 0)) * 100}%`;
+    return el("div", {class: "bar"}, fill);
+  }
+  function table(kind, head, rows) {
+    return el("table", {"data-result": kind}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows));
+  }
+
+  function problem(detail) {  // FastAPI's 422 lists the fields at fault
+    if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    return typeof detail === "string" ? detail : JSON.stringify(detail);
+  }
+  async function api(path, body) {
+    const init = {headers: {Authorization: "Bearer " + key}};
+    if (body !== undefined) {
+      init.method = "POST";
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, init);
+    const text = await r.text();
+    let data = text;
+    try { data = JSON.parse(text); } catch (e) { /* not JSON: shown as it is */ }
+    if (r.status === 401) {
+      forget("the API key was refused: enter another");
+      throw new Error("the API key was refused");
+    }
+    if (!r.ok) throw new Error(`${r.status}: ${problem(data && (data.detail || data.error) || data)}`);
+    return data;
+  }
+  async function show(target, work) {
+    const box = $(target);
+    box.replaceChildren(el("p", {class: "muted"}, "…"));
+    try { box.replaceChildren(...[].concat(await work())); }
+    catch (e) { box.replaceChildren(el("p", {class: "error", "data-error": target}, String(e.message || e))); }
+  }
+
+  // A step as typed: "page /cart", "page Home", "screen Cart", "track Signed Up", a JSON object,
+  // or an event name. The API names touchpoints the same way, so a row can be copied back.
+  function step(text) {
+    const line = text.trim();
+    if (line.startsWith("{")) return JSON.parse(line);
+    const m = /^(page|screen|track)\s+(.+)$/.exec(line);
+    if (!m) return line;
+    if (m[1] === "page") return m[2].startsWith("/") ? {type: "page", path: m[2]} : {type: "page", name: m[2]};
+    return m[1] === "screen" ? {type: "screen", name: m[2]} : {name: m[2]};
+  }
+  function range() {
+    const days = Number($("period").value);
+    const to = new Date();
+    return {from: new Date(to - days * 86400000).toISOString(), to: to.toISOString(),
+      include_bots: $("include-bots").checked};
+  }
+  const goal = () => ($("goal").value.trim() ? {goal: step($("goal").value)} : {});
+  function remember() {
+    const out = new URLSearchParams();
+    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
+    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope"]) out.set(id, $(id).value);
+    if ($("include-bots").checked) out.set("include-bots", "1");
+    history.replaceState(null, "", "#" + out);
+  }
+
+  function abandonment() {
+    return show("abandonment", async () => {
+      const a = await api("/v1/abandonment", {...range(), ...goal(), scope: $("abandonment-scope").value, limit: 15});
+      const summary = el("p", {"data-journeys": a.journeys, "data-converted": a.converted},
+        `${count(a.converted)} of ${count(a.journeys)} converted (${pct(a.conversion_rate)}, 95% CI ${interval(a.conversion_rate_ci95)}); `,
+        `${count(a.recovered_cross_channel)} left one channel and converted on another (not a loss).`);
+      const rows = a.points.map((p) => el("tr", {"data-touchpoint": p.touchpoint, "data-channel": p.channel, "data-abandoned": p.abandoned},
+        el("td", {}, p.touchpoint), el("td", {}, p.channel), el("td", {class: "n"}, count(p.abandoned)),
+        el("td", {}, bar(p.share), pct(p.share)), el("td", {class: "n"}, ms(p.median_response_ms)),
+        el("td", {class: "n"}, pct(p.error_rate))));
+      const converting = a.converting || {};
+      const foot = el("p", {class: "muted"}, `People who converted: median response ${ms(converting.median_response_ms)}, error rate ${pct(converting.error_rate)}.`);
+      return [summary, table("abandonment", ["last touchpoint", "channel", "left", "share", "median response", "errors"], rows), foot];
+    });
+  }
+
+  function funnelTable(kind, steps) {
+    return table(kind, ["step", "reached", "of the first", "95% CI", "from the step before", "dropped", "median time"],
+      steps.map((s) => el("tr", {"data-step": s.step, "data-count": s.count}, el("td", {}, s.step), el("td", {class: "n"}, count(s.count)),
+        el("td", {}, bar(s.conversion_rate), pct(s.conversion_rate)), el("td", {}, interval(s.conversion_rate_ci95)),
+        el("td", {class: "n"}, pct(s.step_conversion_rate)), el("td", {class: "n"}, count(s.drop_off)),
+        el("td", {class: "n"}, s.median_seconds_from_previous === null ? "" : `${Math.round(s.median_seconds_from_previous)} s`))));
+  }
+  function funnel() {
+    const steps = $("steps").value.split("\n").filter((l) => l.trim()).map(step);
+    if (steps.length < 2) return;
+    return show("funnel", async () => {
+      const body = {...range(), steps, scope: $("funnel-scope").value};
+      if ($("breakdown").value) body.breakdown = $("breakdown").value;
+      const f = await api("/v1/funnels", body);
+      const out = [funnelTable("funnel", f.steps)];
+      for (const [value, rows] of Object.entries(f.breakdown || {})) {
+        out.push(el("h3", {}, `${$("breakdown").value}: ${value || "(unknown)"}`), funnelTable("funnel-" + value, rows));
+      }
+      return out;
+    });
+  }
+
+  function correlation() {
+    if (!$("touchpoint").value.trim()) return;
+    return show("correlation", async () => {
+      const c = await api("/v1/correlations", {...range(), ...goal(), touchpoint: step($("touchpoint").value), metric: $("metric").value});
+      const label = (r) => (r[1] === null ? `≥ ${r[0]}` : `${r[0]}–${r[1]}`) + ($("metric").value === "errors" ? " errors" : " ms");
+      const rows = c.buckets.map((b) => el("tr", {"data-bucket": label(b.range), "data-observations": b.observations},
+        el("td", {}, label(b.range)), el("td", {class: "n"}, count(b.observations)), el("td", {class: "n"}, count(b.converted)),
+        el("td", {}, bar(b.conversion_rate), b.enough ? pct(b.conversion_rate) : "too few"), el("td", {}, b.enough ? interval(b.ci95) : "")));
+      const odds = c.odds_ratio_per_second ?? c.odds_ratio_per_error;
+      const oddsCi = c.odds_ratio_per_second_ci95 ?? c.odds_ratio_per_error_ci95;
+      const per = $("metric").value === "errors" ? "error" : "second";
+      const verdict = el("p", {},
+        c.note ? c.note : `Spearman ρ ${c.spearman === null ? "n/a" : c.spearman.toFixed(2)}; ` +
+          (odds ? `each extra ${per} multiplies the odds of converting by ${odds.toFixed(2)} (95% CI ${oddsCi ? oddsCi.map((x) => x.toFixed(2)).join("–") : "n/a"}).` : ""));
+      return [table("correlation", ["bucket", "people", "converted", "conversion", "95% CI"], rows), verdict];
+    });
+  }
+
+  function journey() {
+    const id = $("person").value.trim();
+    if (!id) return;
+    return show("journey", async () => {
+      const j = await api(`/v1/journeys/${encodeURIComponent(id)}?from=${encodeURIComponent(range().from)}`);
+      const who = el("p", {"data-person": j.person_id},
+        `${j.person_id} (${j.identified ? "user" : "anonymous"}); devices: ${j.identities.anonymous_ids.join(", ") || "none"}`);
+      const sessions = j.sessions.map((s) => el("div", {class: "session", "data-session": s.session_id},
+        el("h3", {}, `${s.started_at.replace("T", " ").slice(0, 19)} · ${s.channel} · ${[s.device && s.device.type, s.browser, s.os, s.country].filter(Boolean).join(" · ")}`),
+        table("events", ["time", "touchpoint", "response", "error"], s.events.map((e) => el("tr", {"data-event": e.event_id},
+          el("td", {}, e.timestamp.slice(11, 19)), el("td", {}, `${e.type} ${e.type === "page" && e.path ? e.path : e.name}`),
+          el("td", {class: "n"}, e.timing && e.timing.response_ms != null ? ms(e.timing.response_ms) : ""),
+          el("td", {class: "error"}, e.error ? `${e.error.kind}: ${e.error.message}` : ""))))));
+      return [who, ...sessions];
+    });
+  }
+
+  // Live signals: polled with the cursor of the last answer (an EventSource cannot send the key).
+  let cursor = null, liveRows = [];
+  async function live() {
+    try {
+      const q = cursor ? `?after=${encodeURIComponent(cursor)}&limit=200` : "?limit=200";
+      const page = await api("/v1/abandonments" + q);
+      cursor = page.next || cursor;
+      for (const s of page.abandonments) {
+        liveRows.unshift(el("tr", {"data-signal": s.kind, "data-person": s.person_id},
+          el("td", {}, s.detected_at.replace("T", " ").slice(0, 19)), el("td", {}, s.kind), el("td", {}, s.person_id),
+          el("td", {}, s.channel), el("td", {}, s.exit_touchpoint), el("td", {class: "n"}, `${Math.round(s.duration_seconds)} s`),
+          el("td", {class: "n"}, count(s.errors))));
+      }
+      liveRows = liveRows.slice(0, 50);
+      $("live").replaceChildren(liveRows.length ? table("live", ["detected", "kind", "person", "channel", "left at", "session", "errors"], liveRows)
+        : el("p", {class: "muted"}, "none yet"));
+    } catch (e) {
+      $("live").replaceChildren(el("p", {class: "error"}, String(e.message || e)));
+    }
+  }
+
+  async function status() {
+    try {
+      const r = await fetch("/v1/status");
+      const s = (await r.json()).sessionizer;
+      if (!s) { $("status").textContent = ""; return; }
+      const parts = [`lag ${count(s.consumer_lag)} events`];
+      if (s.ingestion_delay_seconds !== null) parts.push(`delay ${s.ingestion_delay_seconds.toFixed(1)} s`);
+      if (s.seconds_since_last_write !== null) parts.push(`last write ${Math.round(s.seconds_since_last_write)} s ago`);
+      $("status").textContent = parts.join(" · ");
+      $("status").className = s.last_error ? "error" : "muted";
+      if (s.last_error) $("status").textContent += " · last error: " + s.last_error;
+    } catch (e) {
+      $("status").textContent = "status unavailable";
+    }
+  }
+
+  function forget(reason) {
+    sessionStorage.removeItem(KEY);
+    key = "";
+    $("key-problem").textContent = typeof reason === "string" ? reason : "";
+    $("key-problem").hidden = typeof reason !== "string";
+    ready();
+  }
+  function ready() {
+    $("panels").hidden = !key;
+    $("needs-key").hidden = !!key;
+    $("key-form").hidden = !!key;
+    $("forget").hidden = !key;
+  }
+  function run() {
+    remember();
+    abandonment();
+    funnel();
+    correlation();
+    journey();
+  }
+
+  for (const [id, value] of state) if ($(id)) { if ($(id).type === "checkbox") $(id).checked = value === "1"; else $(id).value = value; }
+  $("key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    key = $("key").value.trim();
+    sessionStorage.setItem(KEY, key);
+    $("key-problem").hidden = true;
+    $("key").value = "";
+    ready();
+    run();
+    live();
+  });
+  $("forget").addEventListener("click", () => forget());
+  const on = (form, fn) => $(form).addEventListener("submit", (ev) => { ev.preventDefault(); remember(); fn(); });
+  on("abandonment-form", abandonment);
+  on("funnel-form", funnel);
+  on("correlation-form", correlation);
+  on("journey-form", journey);
+  for (const id of ["period", "include-bots"]) $(id).addEventListener("change", run);
+  $("goal").addEventListener("change", () => { remember(); abandonment(); correlation(); });
+
+  ready();
+  status();
+  setInterval(status, 10000);
+  if (key) { run(); live(); }
+  setInterval(() => { if (key) live(); }, 5000);
+})();

@@ -1,0 +1,109 @@
+"""The console at ``/`` in a real headless Chromium against ``touchpoint up``: its tables show
+the API's own answers (funnel, abandonment, a journey, live signals), tracked text stays text,
+and a refused key asks for another."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from tests.harness import API_KEY, Proc, ago, journey_with, new_proc, uid, wait_for
+from tests.test_tracker_browser import run_chromium
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = new_proc("up", tmp_path_factory.mktemp("console")).start()
+    yield proc
+    proc.stop()
+
+
+def rows(dom: str, kind: str, *attributes: str) -> list[tuple[str, ...]]:
+    """The rows of the console's table ``kind``: the given data- attributes of each."""
+    match = re.search(rf'<table data-result="{re.escape(kind)}">(.*?)</table>', dom, re.S)
+    assert match, f"no {kind} table in the page:\n{dom[-3000:]}"
+    out = []
+    for tag in re.findall(r"<tr ([^>]*)>", match.group(1)):
+        values = dict(re.findall(r'data-([\w-]+)="([^"]*)"', tag))
+        out.append(tuple(html.unescape(values[a]) for a in attributes))
+    return out
+
+
+def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
+    """Three people reached a landing page; Ann bought, Ben left there two hours ago (a live
+    abandonment signal by now), Cy hit an error on the way. The page's funnel, abandonment and
+    journey tables hold exactly what the API answers, which matches that truth."""
+    ann, ben, cy, landing, buy = uid("ann"), uid("ben"), uid("cy"), f"/land-{uid('p')}", uid("Buy")
+    hostile = "<img src=x onerror=\"document.title='pwned'\">"
+
+    def page(person: str, minutes: int, **more: Any) -> dict[str, Any]:
+        return {
+            "event_id": uid("e"),
+            "type": "page",
+            "anonymous_id": person,
+            "timestamp": ago(minutes),
+            "context": {"page": {"path": landing}},
+            "timing": {"response_ms": 900.0},
+            **more,
+        }
+
+    events = [
+        page(ann, 20),
+        {"event_id": uid("e"), "type": "track", "name": buy, "anonymous_id": ann, "timestamp": ago(19)},
+        {"event_id": uid("e"), "type": "track", "name": hostile, "anonymous_id": ann, "timestamp": ago(18)},
+        page(ben, 120),
+        page(cy, 10, error={"kind": "js", "message": "checkout broke"}),
+    ]
+    assert up.post_batch(events).json()["accepted"] == 5
+    journey_with(up, ann, {e["event_id"] for e in events[:3]})
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    steps = [{"type": "page", "path": landing}, buy]
+    funnel = httpx.post(f"{up.url}/v1/funnels", json={"steps": steps}, headers=auth, timeout=30).json()
+    assert [s["count"] for s in funnel["steps"]] == [3, 1]  # the truth, before the page is asked
+    signal = wait_for(
+        lambda: [
+            s
+            for s in httpx.get(f"{up.url}/v1/abandonments", headers=auth, timeout=30).json()["abandonments"]
+            if s["person_id"] == ben
+        ],
+        60,
+        "Ben's abandonment signal",
+    )
+    assert signal[0]["exit_touchpoint"] == f"page {landing}"
+
+    state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann}
+    dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
+
+    assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
+    abandonment = httpx.post(f"{up.url}/v1/abandonment", json={"goal": buy, "limit": 15}, headers=auth, timeout=30)
+    points = {(p["touchpoint"], p["channel"]): str(p["abandoned"]) for p in abandonment.json()["points"]}
+    assert points[(f"page {landing}", "web")] == "2"  # Ben and Cy
+    shown = {(t, c): n for t, c, n in rows(dom, "abandonment", "touchpoint", "channel", "abandoned")}
+    assert shown == points
+    assert [e for (e,) in rows(dom, "events", "event")] == [e["event_id"] for e in events[:3]]
+    assert ("abandonment", ben) in rows(dom, "live", "signal", "person")
+    # Tracked text is shown as text: the hostile name is escaped, no element was made of it.
+    assert "track &lt;img src=x onerror=" in dom and "<img" not in dom, [m.start() for m in re.finditer("<img", dom)]
+    assert "<title>Touchpoint</title>" in dom
+
+
+def test_the_page_is_served_with_a_strict_policy_and_a_refused_key_asks_again(up: Proc, tmp_path: Path) -> None:
+    r = httpx.get(f"{up.url}/", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    policy = r.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    again = httpx.get(f"{up.url}/", headers={"If-None-Match": r.headers["etag"]}, timeout=30)
+    assert again.status_code == 304
+    assert httpx.get(f"{up.url}/console/console.js", timeout=30).status_code == 200
+    assert httpx.get(f"{up.url}/console/../app.py", timeout=30).status_code == 404
+    dom = run_chromium(f"{up.url}/#key=ak_not_a_key", tmp_path / "profile", budget_ms=5000)
+    assert "the API key was refused" in dom
+    assert re.search(r'<main id="panels" hidden', dom) and re.search(r'<form id="key-form"[^>]*>', dom)
+    assert not re.search(r'<form id="key-form"[^>]*hidden', dom)
