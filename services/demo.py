@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -101,9 +102,31 @@ def report(abandonment: dict[str, Any], correlation: dict[str, Any], people: int
     return "\n".join(lines) + "\n"
 
 
+# The generated shop's journey map: stages by touchpoint name (web pages and app screens alike).
+SHOP_STAGES = (
+    ("awareness", ("Home",)),
+    ("consideration", ("Search", "Product", "Product Added")),
+    ("purchase", ("Cart", "Checkout", GOAL)),
+)
+
+
+def configure_for_the_shop(path: Path) -> None:
+    """A projects file the demo just created: the shop's goal (abandonment signals) and stages
+    (the journey map), so the console and the API have them. A file that existed is left alone."""
+    text = path.read_text()
+    text = text.replace("goals = []\n", f'goals = ["{GOAL}"]\n', 1)
+    for name, touchpoints in SHOP_STAGES:
+        names = ", ".join(f'"{t}"' for t in touchpoints)
+        text += f'\n[[projects.stages]]\nname = "{name}"\ntouchpoints = [{names}]\n'
+    path.write_text(text)
+
+
 def main(people: int = 3000, seed: int = 42) -> int:
     settings = Settings.from_env()
-    projects, _, _ = load_projects(settings)
+    projects, path, created = load_projects(settings)
+    if created:
+        configure_for_the_shop(path)
+        projects, _, _ = load_projects(settings)
     project = projects.items[0]
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -37,7 +37,7 @@ def rows(dom: str, kind: str, *attributes: str) -> list[tuple[str, ...]]:
 
 
 def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
-    """Three people reached a landing page; Ann bought, Ben left there two hours ago (a live
+    """Three people reached a landing page (the map's first stage); Ann bought, Ben left there two hours ago (a live
     abandonment signal by now), Cy hit an error on the way. The page's funnel, abandonment and
     journey tables hold exactly what the API answers, which matches that truth."""
     ann, ben, cy, landing, buy = uid("ann"), uid("ben"), uid("cy"), f"/land-{uid('p')}", uid("Buy")
@@ -47,6 +47,7 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
         return {
             "event_id": uid("e"),
             "type": "page",
+            "name": "Home",  # the first stage of the test projects' journey map
             "anonymous_id": person,
             "timestamp": ago(minutes),
             "context": {"page": {"path": landing}},
@@ -89,6 +90,10 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     assert shown == points
     assert [e for (e,) in rows(dom, "events", "event")] == [e["event_id"] for e in events[:3]]
     assert ("abandonment", ben) in rows(dom, "live", "signal", "person")
+    stages = httpx.get(f"{up.url}/v1/journey-map", headers=auth, timeout=30).json()["stages"]
+    assert [(s["stage"], s["people"]) for s in stages][0] == ("awareness", 3)
+    shown_stages = re.findall(r'<div class="stage" data-stage="([^"]+)" data-people="(\d+)"', dom)
+    assert shown_stages == [(s["stage"], str(s["people"])) for s in stages]
     # Tracked text is shown as text: the hostile name is escaped, no element was made of it.
     assert "track &lt;img src=x onerror=" in dom and "<img" not in dom, [m.start() for m in re.finditer("<img", dom)]
     assert "<title>Touchpoint</title>" in dom

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from loadtests.generator import generate
+from services.core.settings import Settings, load_projects
 
 
 def test_demo_prints_an_abandonment_report(tmp_path: Path) -> None:
@@ -34,3 +35,7 @@ def test_demo_prints_an_abandonment_report(tmp_path: Path) -> None:
     assert "Authorization: Bearer ak_" in text  # how to explore further
     assert re.search(r"http://127.0.0.1:\d+/#key=ak_\S+&goal=Order%20Completed\n", text)  # the console
     assert (tmp_path / "data" / "projects.toml").exists()
+    # The project it created knows the shop: its goal and the journey map's stages.
+    projects, _, created = load_projects(Settings.from_env({"TOUCHPOINT_DATA_DIR": str(tmp_path / "data")}))
+    assert not created and projects.items[0].goals == ("Order Completed",)
+    assert [s.name for s in projects.items[0].stages] == ["awareness", "consideration", "purchase"]

@@ -95,6 +95,31 @@
     history.replaceState(null, "", "#" + out);
   }
 
+  function journeyMap() {
+    return show("journey-map", async () => {
+      const r = range();
+      const query = new URLSearchParams({from: r.from, to: r.to, include_bots: String(r.include_bots)});
+      const map = await api("/v1/journey-map?" + query);
+      const first = (list, text) => (list && list.length ? el("li", {}, text(list[0])) : "");
+      return el("div", {class: "stages"}, ...map.stages.map((s) => {
+        const pain = s.pain_points || {};
+        const next = s.conversion_to_next;
+        return el("div", {class: "stage", "data-stage": s.stage, "data-people": s.people},
+          el("h3", {}, s.stage), el("p", {class: "big"}, `${count(s.people)} people`),
+          next ? el("p", {}, `to the next stage: ${pct(next.rate)} `, el("span", {class: "muted"}, interval(next.ci95)))
+            : el("p", {class: "muted"}, "last stage"),
+          el("p", {class: "muted"}, "most visited"),
+          el("ul", {}, ...(s.touchpoints || []).slice(0, 3).map((t) => el("li", {}, `${t.touchpoint} · ${t.channel} · ${count(t.people)}`))),
+          el("p", {class: "muted"}, "pain points"),
+          el("ul", {class: "pain"},
+            first(pain.abandonment, (t) => `left most at ${t.touchpoint} · ${t.channel} (${pct(t.exit_share)})`),
+            first(pain.slowest, (t) => `slowest: ${t.touchpoint} · ${t.channel} (${ms(t.median_response_ms)})`),
+            first(pain.errors, (t) => `most errors: ${t.touchpoint} · ${t.channel} (${pct(t.error_rate)})`)),
+          s.note ? el("p", {class: "muted"}, s.note) : "");
+      }));
+    });
+  }
+
   function abandonment() {
     return show("abandonment", async () => {
       const a = await api("/v1/abandonment", {...range(), ...goal(), scope: $("abandonment-scope").value, limit: 15});
@@ -220,6 +245,7 @@
   }
   function run() {
     remember();
+    journeyMap();
     abandonment();
     funnel();
     correlation();
