@@ -29,3 +29,12 @@ def test_example_projects_file_loads() -> None:
     env = {"TOUCHPOINT_CONFIG": str(ROOT / "deploy" / "projects.example.toml")}
     projects, _, created = load_projects(Settings.from_env(env))
     assert not created and projects.items[0].id == "shop"
+
+
+def test_the_image_holds_every_package_the_command_imports() -> None:
+    """`touchpoint demo` imports loadtests: an image built without it failed at that command."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = pyproject.split("[tool.setuptools.packages.find]")[1].split("include = ")[1].split("\n")[0]
+    assert {p.strip(' "*') for p in packages.strip("[]").split(",")} <= copied
