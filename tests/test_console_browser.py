@@ -79,7 +79,7 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     )
     assert signal[0]["exit_touchpoint"] == f"page {landing}"
 
-    state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann}
+    state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann, "around": f"page {landing}"}
     dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
 
     assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
@@ -90,6 +90,12 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     assert shown == points
     assert [e for (e,) in rows(dom, "events", "event")] == [e["event_id"] for e in events[:3]]
     assert ("abandonment", ben) in rows(dom, "live", "signal", "person")
+    around = {"touchpoint": {"type": "page", "path": landing}, "goal": buy, "limit": 10}
+    paths = httpx.post(f"{up.url}/v1/paths", json=around, headers=auth, timeout=30).json()
+    assert [(t["touchpoint"], t["count"]) for t in paths["next"]] == [("(exit)", 2)]  # Ben and Cy left there
+    for side in ("previous", "next"):
+        expected = [(t["touchpoint"], t["channel"], str(t["count"])) for t in paths[side]]
+        assert rows(dom, side, "touchpoint", "channel", "count") == expected
     stages = httpx.get(f"{up.url}/v1/journey-map", headers=auth, timeout=30).json()["stages"]
     assert [(s["stage"], s["people"]) for s in stages][0] == ("awareness", 3)
     shown_stages = re.findall(r'<div class="stage" data-stage="([^"]+)" data-people="(\d+)"', dom)

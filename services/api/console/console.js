@@ -89,7 +89,7 @@
   const goal = () => ($("goal").value.trim() ? {goal: step($("goal").value)} : {});
   function remember() {
     const out = new URLSearchParams();
-    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
+    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
     for (const id of ["period", "metric", "funnel-scope", "abandonment-scope"]) out.set(id, $(id).value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
@@ -126,13 +126,38 @@
       const summary = el("p", {"data-journeys": a.journeys, "data-converted": a.converted},
         `${count(a.converted)} of ${count(a.journeys)} converted (${pct(a.conversion_rate)}, 95% CI ${interval(a.conversion_rate_ci95)}); `,
         `${count(a.recovered_cross_channel)} left one channel and converted on another (not a loss).`);
-      const rows = a.points.map((p) => el("tr", {"data-touchpoint": p.touchpoint, "data-channel": p.channel, "data-abandoned": p.abandoned},
+      const rows = a.points.map((p) => el("tr", {"data-touchpoint": p.touchpoint, "data-channel": p.channel, "data-abandoned": p.abandoned, class: "pick", title: "what they did around it"},
         el("td", {}, p.touchpoint), el("td", {}, p.channel), el("td", {class: "n"}, count(p.abandoned)),
         el("td", {}, bar(p.share), pct(p.share)), el("td", {class: "n"}, ms(p.median_response_ms)),
         el("td", {class: "n"}, pct(p.error_rate))));
+      rows.forEach((row) => row.addEventListener("click", () => {
+        $("around").value = row.dataset.touchpoint;
+        $("around-channel").value = row.dataset.channel;
+        remember();
+        paths();
+        $("paths").scrollIntoView({behavior: "smooth"});
+      }));
       const converting = a.converting || {};
       const foot = el("p", {class: "muted"}, `People who converted: median response ${ms(converting.median_response_ms)}, error rate ${pct(converting.error_rate)}.`);
       return [summary, table("abandonment", ["last touchpoint", "channel", "left", "share", "median response", "errors"], rows), foot];
+    });
+  }
+
+  function paths() {
+    if (!$("around").value.trim()) return;
+    return show("paths", async () => {
+      const around = step($("around").value);
+      const channel = $("around-channel").value.trim();
+      const touchpoint = typeof around === "string" ? {name: around} : around;
+      if (channel) touchpoint.channel = channel;
+      const p = await api("/v1/paths", {...range(), ...goal(), touchpoint, limit: 10});
+      const side = (kind, list) => table(kind, [kind === "previous" ? "right before" : "right after", "channel", "people", "share", "95% CI"],
+        list.map((t) => el("tr", {"data-touchpoint": t.touchpoint, "data-channel": t.channel, "data-count": t.count},
+          el("td", {}, t.touchpoint), el("td", {}, t.channel), el("td", {class: "n"}, count(t.count)),
+          el("td", {}, bar(t.share), pct(t.share)), el("td", {}, interval(t.share_ci95)))));
+      return [el("p", {"data-visits": p.visits}, `${count(p.visits)} visits to ${p.touchpoint}` +
+        ($("goal").value.trim() ? ` by people who never reached ${$("goal").value.trim()}` : " (set a goal to see only those who did not reach it)")),
+        el("div", {class: "sides"}, side("previous", p.previous), side("next", p.next))];
     });
   }
 
@@ -247,6 +272,7 @@
     remember();
     journeyMap();
     abandonment();
+    paths();
     funnel();
     correlation();
     journey();
@@ -267,10 +293,11 @@
   const on = (form, fn) => $(form).addEventListener("submit", (ev) => { ev.preventDefault(); remember(); fn(); });
   on("abandonment-form", abandonment);
   on("funnel-form", funnel);
+  on("paths-form", paths);
   on("correlation-form", correlation);
   on("journey-form", journey);
   for (const id of ["period", "include-bots"]) $(id).addEventListener("change", run);
-  $("goal").addEventListener("change", () => { remember(); abandonment(); correlation(); });
+  $("goal").addEventListener("change", () => { remember(); abandonment(); paths(); correlation(); });
 
   ready();
   status();
