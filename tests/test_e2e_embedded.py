@@ -543,6 +543,78 @@ def test_exporting_a_person_gives_everything_stored_about_them_and_no_one_else(u
     assert cli.stderr.rstrip().endswith("abandonments, 1 refused events")
 
 
+def test_retention_follows_cohorts_across_days_and_devices(up: Proc) -> None:
+    """POST /v1/retention by day over the last four days: who signed up when, and who came back
+    on which later day, counted once per person and day, across devices (Dee signed up on the web
+    anonymously and came back in the app after logging in); a return on the sign-up day or before
+    it is not a return; days not reached yet have no rate."""
+    signed, back = uid("Signed Up"), uid("Came Back")
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+    def at(days_ago: int, hour: int = 12) -> str:
+        return (today - timedelta(days=days_ago) + timedelta(hours=hour)).isoformat()
+
+    ann, bo, cy, dee_web, dee, dee_app, ed = (uid(n) for n in ("ann", "bo", "cy", "dee-web", "dee", "dee-app", "ed"))
+
+    def track(name: str, anonymous_id: str, when: str, **more: str) -> dict[str, str]:
+        return {
+            "event_id": uid("e"),
+            "type": "track",
+            "name": name,
+            "anonymous_id": anonymous_id,
+            "timestamp": when,
+            **more,
+        }
+
+    events = [
+        track(signed, ann, at(4)),
+        track(back, ann, at(3)),
+        track(back, ann, at(1)),
+        track(back, ann, at(1, 15)),
+        track(signed, bo, at(4, 9)),
+        track(back, bo, at(4, 20)),
+        track(back, bo, at(2)),  # same day: not a return
+        track(back, cy, at(3, 8)),
+        track(signed, cy, at(3, 9)),
+        track(signed, cy, at(2)),
+        track(back, cy, at(1)),
+        track(signed, dee_web, at(2, 10)),
+        {"event_id": uid("e"), "type": "identify", "anonymous_id": dee_web, "user_id": dee, "timestamp": at(2, 11)},
+        track(back, dee_app, at(1), user_id=dee),
+        track(back, ed, at(2)),  # never signed up: in no cohort
+    ]
+    assert up.post_batch(events).json()["accepted"] == len(events)
+    journey_with(up, dee, {events[-2]["event_id"], events[-4]["event_id"]})
+    journey_with(up, ed, {events[-1]["event_id"]})
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"start": signed, "return": back, "period": "day", "periods": 4, "from": at(4, 0)}
+    r = httpx.post(f"{up.url}/v1/retention", json=body, headers=auth, timeout=30)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+
+    def day(days_ago: int) -> str:
+        return (today - timedelta(days=days_ago)).date().isoformat()
+
+    cohorts = {c["cohort"]: (c["people"], [k["people"] for k in c["retained"]]) for c in answer["cohorts"]}
+    assert cohorts == {
+        day(4): (2, [1, 1, 1, 0]),  # Ann back on days 1 and 3, Bo on day 2; today so far: nobody
+        day(3): (1, [0, 1, 0, None]),  # Cy back two days later; tomorrow is not observed yet
+        day(2): (1, [1, 0, None, None]),  # Dee, back in the app the day after
+    }
+    assert [k["complete"] for k in answer["cohorts"][0]["retained"]] == [True, True, True, False]
+    assert [(k["people"], k["of"]) for k in answer["overall"]] == [(2, 4), (2, 4), (1, 3), (0, 2)]
+    assert answer["people"] == 4 and answer["note"]  # four people: too few for reliable rates
+    assert answer["cohorts"][0]["retained"][0]["rate"] == 0.5 and answer["cohorts"][0]["retained"][0]["ci95"]
+
+    # Without "return": doing the start event again (Cy signed up twice).
+    again = httpx.post(f"{up.url}/v1/retention", json={**body, "return": None}, headers=auth, timeout=30).json()
+    assert {c["cohort"]: [k["people"] for k in c["retained"]] for c in again["cohorts"]}[day(3)] == [1, 0, 0, None]
+    bad = httpx.post(f"{up.url}/v1/retention", json={**body, "period": "year"}, headers=auth, timeout=30)
+    assert bad.status_code == 422 and "period" in bad.text
+    other = httpx.post(f"{up.url}/v1/retention", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
+    assert other.json()["cohorts"] == []  # another project's key
+
+
 def test_a_batch_without_timestamps_keeps_its_order_in_every_answer(up: Proc) -> None:
     """A server-side integration sends Home, Search, Product, Cart in one batch without times:
     they happened in that order, a millisecond apart by the time received, so the journey lists
@@ -634,6 +706,7 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/paths",
         "/v1/journey-map",
         "/v1/behaviour",
+        "/v1/retention",
         "/v1/pixel.gif",
         "/v1/tracker.js",
         "/v1/b",  # Segment's paths, each with its message's schema

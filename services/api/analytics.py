@@ -9,7 +9,9 @@ journey's (or session's) events into one time-ordered array.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from services.core.identity import PLACEHOLDER_IDS
 from services.core.schema import CHANNEL_ID, TOUCHPOINT_ID, TOUCHPOINT_TEXT
@@ -565,3 +567,111 @@ def journey_map(
         {"people": int(stages[f"p{k}"]), "onward": int(stages[f"o{k}"]) if k < n else None} for k in range(1, n + 1)
     ]
     return summary, touchpoints
+
+
+# The period a day falls in, as the SQL of its first day (a Date in the request's time zone).
+PERIOD_START = {
+    "day": "toDate(timestamp, {tz:String})",
+    "week": "toMonday(toDate(timestamp, {tz:String}))",
+    "month": "toStartOfMonth(toDate(timestamp, {tz:String}))",
+}
+# How many whole periods lie between two period starts.
+PERIOD_DIFF = {
+    "day": "dateDiff('day', cohort, p)",
+    "week": "intDiv(dateDiff('day', cohort, p), 7)",
+    "month": "dateDiff('month', cohort, p)",
+}
+
+
+def period_after(first_day: date, period: str, k: int) -> date:
+    """The first day of the ``k``-th period after the one starting on ``first_day``."""
+    if period == "day":
+        return first_day + timedelta(days=k)
+    if period == "week":
+        return first_day + timedelta(weeks=k)
+    months = first_day.year * 12 + first_day.month - 1 + k
+    return date(months // 12, months % 12 + 1, 1)
+
+
+def retention(
+    source: Source,
+    start_cond: str,
+    return_cond: str,
+    period: str,
+    periods: int,
+    timezone: str,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Cohorts of people by the period of their first ``start`` event in the range; for each later
+    period, how many of them did a ``return`` event in it (loyalty: buying again, coming back).
+
+    A person is a journey (every device). Periods are calendar days, ISO weeks (from Monday) or
+    months in ``timezone``. A period that begins at or after the range's end is not observed yet:
+    no rate, rather than a zero; the period holding the end is ``complete: false``."""
+    params.update(tz=timezone, periods=periods)
+    first_day = PERIOD_START[period]
+    sql = f"""
+    WITH {base_sql(params, source, sessions=False)},
+    persons AS (
+        SELECT person, minIf(timestamp, {start_cond}) AS first,
+               groupUniqArrayIf({first_day}, {return_cond}) AS returned
+        FROM base GROUP BY person HAVING countIf({start_cond}) > 0
+    ),
+    cohorts AS (
+        SELECT {first_day.replace("timestamp", "first")} AS cohort,
+               arrayFilter(k -> k BETWEEN 1 AND {{periods:UInt16}},
+                           arrayMap(p -> {PERIOD_DIFF[period]}, returned)) AS ks
+        FROM persons
+    )
+    SELECT cohort, count() AS people,
+           sumForEach(arrayMap(i -> toUInt64(has(ks, i)), range(1, {{periods:UInt16}} + 1))) AS retained
+    FROM cohorts GROUP BY cohort ORDER BY cohort
+    """
+    rows = source.warehouse.rows(sql, params)
+    zone = ZoneInfo(timezone)
+    end_day = datetime.fromtimestamp(source.end_ms / 1000, tz=zone).date()  # periods from its midnight on: ended
+    last_day = datetime.fromtimestamp((source.end_ms - 1) / 1000, tz=zone).date()  # the range's last day read
+    overall = [[0, 0] for _ in range(periods)]  # returned, observed (people of cohorts that could)
+    cohorts: list[dict[str, Any]] = []
+    for row in rows:
+        cohort: date = row["cohort"]
+        n = int(row["people"])
+        retained = list(row["retained"]) or [0] * periods
+        out: list[dict[str, Any]] = []
+        for k in range(1, periods + 1):
+            begins = period_after(cohort, period, k)
+            if begins > last_day:
+                out.append({"period": k, "people": None, "rate": None, "ci95": None, "complete": False})
+                continue
+            back = int(retained[k - 1])
+            overall[k - 1][0] += back
+            overall[k - 1][1] += n
+            out.append(
+                {
+                    "period": k,
+                    "people": back,
+                    "rate": back / n,
+                    "ci95": wilson(back, n),
+                    "complete": period_after(cohort, period, k + 1) <= end_day,
+                }
+            )
+        cohorts.append({"cohort": cohort.isoformat(), "people": n, "retained": out})
+    total = sum(int(c["people"]) for c in cohorts)
+    return {
+        "period": period,
+        "timezone": timezone,
+        "people": total,
+        "cohorts": cohorts,
+        "overall": [
+            {
+                "period": k + 1,
+                "people": back,
+                "of": seen,
+                "rate": back / seen if seen else None,
+                "ci95": wilson(back, seen),
+                "enough": seen >= MIN_OBSERVATIONS,
+            }
+            for k, (back, seen) in enumerate(overall)
+        ],
+        "note": None if total >= MIN_OBSERVATIONS else f"fewer than {MIN_OBSERVATIONS} people: rates are not reliable",
+    }

@@ -20,7 +20,7 @@ from services.core.warehouse import Warehouse
 from services.sessionizer.open_sessions import OpenSessions
 
 from . import examples
-from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths
+from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths, retention
 from .auth import project_for
 from .console import add_console
 from .dead_letters import payload_as_sent
@@ -28,7 +28,14 @@ from .erasure import erase_person
 from .export import export_person
 from .journeys import load_journey, ms
 from .json_bodies import JsonBodyRoute
-from .models import AbandonmentRequest, BehaviourRequest, CorrelationRequest, FunnelRequest, PathsRequest
+from .models import (
+    AbandonmentRequest,
+    BehaviourRequest,
+    CorrelationRequest,
+    FunnelRequest,
+    PathsRequest,
+    RetentionRequest,
+)
 from .signals import event_stream, parse_cursor, signals_after
 from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
@@ -113,6 +120,13 @@ class QueryApi:
                 "POST",
                 "query",
                 "Activity and conversion by hour of day and weekday, per channel",
+            ),
+            (
+                "/v1/retention",
+                self.retention,
+                "POST",
+                "query",
+                "Cohorts by their first event; how many come back (or buy again) in each later period",
             ),
             (
                 "/v1/journey-map",
@@ -515,6 +529,25 @@ class QueryApi:
             goal,
             body.timezone,
             params,
+        )
+
+    async def retention(self, request: Request, body: RetentionRequest) -> dict[str, Any]:
+        """Loyalty: people by the day, week or month of their first ``start`` event in the range,
+        and the share of each cohort doing ``return`` (default: ``start`` again) in each later one."""
+        project = project_for(request, self.projects)
+        if body.breakdown is not None:
+            raise HTTPException(422, "breakdown: not supported by retention")
+        start = body.from_
+        if start is None:  # long enough to follow the first cohort through every period asked for
+            days = {"day": 1, "week": 7, "month": 31}[body.period] * (body.periods + 1)
+            start = (body.to or datetime.now(UTC)) - timedelta(days=days)
+        source = self._source(project, start, body.to, body.include_bots)
+        params: dict[str, Any] = {}
+        start_cond = step_condition(body.start, "start", params, "start")
+        return_step = body.start if body.return_ is None else body.return_
+        return_cond = step_condition(return_step, "ret", params, "return")
+        return await self._call(
+            retention, source, start_cond, return_cond, body.period, body.periods, body.timezone, params
         )
 
     async def journey_map(

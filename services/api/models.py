@@ -124,10 +124,45 @@ class BehaviourRequest(TimeRange):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        return known_zone(value)
 
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+
+def known_zone(value: str) -> str:
+    """An IANA time zone this machine knows, else a ValueError (a 422 naming the field)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+class RetentionRequest(TimeRange):
+    start: Step = Field(description="the event that puts a person in a cohort (the first in the range counts)")
+    return_: Step | None = Field(
+        None, alias="return", description="the event that counts as coming back; default: start again"
+    )
+    period: Literal["day", "week", "month"] = "week"
+    periods: int = Field(8, ge=1, le=52, description="periods followed after each cohort's own")
+    timezone: str = Field("UTC", description="IANA time zone of the calendar days, weeks and months")
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "start": "Order Completed",
+                "return": "Order Completed",
+                "period": "week",
+                "periods": 8,
+                "from": "2026-09-01T00:00:00Z",
+                "timezone": "Europe/Berlin",
+            }
+        },
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_zone(value)
