@@ -80,6 +80,7 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     assert signal[0]["exit_touchpoint"] == f"page {landing}"
 
     state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann, "around": f"page {landing}"}
+    state.update({"cohort-start": f"page {landing}", "cohort-return": buy, "cohort-period": "day"})
     dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
 
     assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
@@ -96,6 +97,15 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     for side in ("previous", "next"):
         expected = [(t["touchpoint"], t["channel"], str(t["count"])) for t in paths[side]]
         assert rows(dom, side, "touchpoint", "channel", "count") == expected
+    zone = re.search(r'data-timezone="([^"]+)"', dom)
+    assert zone, "no retention table"
+    cohort_body = {"start": {"type": "page", "path": landing}, "return": buy, "period": "day", "periods": 8}
+    retained = httpx.post(
+        f"{up.url}/v1/retention", json={**cohort_body, "timezone": zone.group(1)}, headers=auth, timeout=30
+    ).json()
+    assert sum(c["people"] for c in retained["cohorts"]) == 3
+    expected_cohorts = [(c["cohort"], str(c["people"])) for c in retained["cohorts"]]
+    assert rows(dom, "retention", "cohort", "people") == [*expected_cohorts, ("all", "3")]
     stages = httpx.get(f"{up.url}/v1/journey-map", headers=auth, timeout=30).json()["stages"]
     assert [(s["stage"], s["people"]) for s in stages][0] == ("awareness", 3)
     shown_stages = re.findall(r'<div class="stage" data-stage="([^"]+)" data-people="(\d+)"', dom)

@@ -89,8 +89,8 @@
   const goal = () => ($("goal").value.trim() ? {goal: step($("goal").value)} : {});
   function remember() {
     const out = new URLSearchParams();
-    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
-    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope"]) out.set(id, $(id).value);
+    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
+    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period"]) out.set(id, $(id).value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
   }
@@ -201,6 +201,26 @@
     });
   }
 
+  function retention() {
+    if (!$("cohort-start").value.trim()) return;
+    return show("retention", async () => {
+      const body = {start: step($("cohort-start").value), period: $("cohort-period").value, periods: 8,
+        include_bots: $("include-bots").checked, timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"};
+      if ($("cohort-return").value.trim()) body.return = step($("cohort-return").value);
+      const r = await api("/v1/retention", body);
+      const head = ["cohort", "people", ...r.overall.map((o) => `${r.period} ${o.period}`)];
+      const cell = (k) => el("td", {class: "n" + (k.complete ? "" : " muted"), "data-people": k.people ?? ""},
+        k.rate === null ? "" : `${pct(k.rate)} (${count(k.people)})`);
+      const rows = r.cohorts.map((c) => el("tr", {"data-cohort": c.cohort, "data-people": c.people},
+        el("td", {}, c.cohort), el("td", {class: "n"}, count(c.people)), ...c.retained.map(cell)));
+      rows.push(el("tr", {"data-cohort": "all", "data-people": r.people}, el("td", {}, "all cohorts"), el("td", {class: "n"}, count(r.people)),
+        ...r.overall.map((o) => el("td", {class: "n", title: o.ci95 ? "95% CI " + interval(o.ci95) : ""},
+          o.rate === null ? "" : `${pct(o.rate)}${o.enough ? "" : " (few)"}`))));
+      return [table("retention", head, rows), el("p", {class: "muted", "data-timezone": r.timezone},
+        r.note || `Grey: the ${r.period} is still in progress. Time zone ${r.timezone}; hover a total for its 95% interval.`)];
+    });
+  }
+
   function journey() {
     const id = $("person").value.trim();
     if (!id) return;
@@ -275,6 +295,7 @@
     paths();
     funnel();
     correlation();
+    retention();
     journey();
   }
 
@@ -294,6 +315,7 @@
   on("abandonment-form", abandonment);
   on("funnel-form", funnel);
   on("paths-form", paths);
+  on("retention-form", retention);
   on("correlation-form", correlation);
   on("journey-form", journey);
   for (const id of ["period", "include-bots"]) $(id).addEventListener("change", run);
