@@ -615,19 +615,25 @@ def test_retention_follows_cohorts_across_days_and_devices(up: Proc) -> None:
     assert other.json()["cohorts"] == []  # another project's key
 
 
-def test_a_batch_without_timestamps_keeps_its_order_in_every_answer(up: Proc) -> None:
-    """A server-side integration sends Home, Search, Product, Cart in one batch without times:
-    they happened in that order, a millisecond apart by the time received, so the journey lists
-    them so, the abandonment point is Cart (it was Product: the tie went by touchpoint) and what
-    came after Search is Product."""
+@pytest.mark.parametrize("sent_time", [None, "one second"])
+def test_a_batch_without_distinct_times_keeps_its_order_in_every_answer(up: Proc, sent_time: str | None) -> None:
+    """A server-side integration sends Home, Search, Product, Cart in one batch without times, or
+    with one time to the second (its clock reads seconds): they happened in that order, so they
+    are stored a millisecond apart in it; the journey lists them so, the abandonment point is Cart
+    (it was Product: the tie went by touchpoint) and what came after Search is Product."""
     tag = uuid.uuid4().hex[:8]
     names = [f"{step}-{tag}" for step in ("Home", "Search", "Product", "Cart")]
     devices = [uid("server") for _ in range(3)]
-    batch = [{"type": "track", "name": name, "anonymous_id": device} for device in devices for name in names]
+    timed = {"timestamp": ago(3).split(".")[0] + "+00:00"} if sent_time else {}
+    batch = [{"type": "track", "name": name, "anonymous_id": device, **timed} for device in devices for name in names]
     r = up.post_batch(batch)
     assert r.status_code == 200 and r.json()["accepted"] == 12, r.text
     journey = wait_for(lambda: (j := up.journey(devices[-1])).status_code == 200 and j.json(), 30, "the journey")
-    assert [e["name"] for s in journey["sessions"] for e in s["events"]] == names
+    events = [e for s in journey["sessions"] for e in s["events"]]
+    assert [e["name"] for e in events] == names
+    if sent_time:
+        times = [datetime.fromisoformat(e["timestamp"]) for e in events]
+        assert [round((t - times[0]).total_seconds() * 1000) for t in times] == [0, 1, 2, 3]
     auth = {"Authorization": f"Bearer {API_KEY}"}
     body = {"goal": f"Never-{tag}", "start": names[0]}
     gone = httpx.post(f"{up.url}/v1/abandonment", json=body, headers=auth, timeout=30).json()

@@ -8,6 +8,7 @@ import pytest
 
 from services.core.events import (
     InvalidEvent,
+    after_tie,
     anonymize_ip,
     derive_channel,
     normalize,
@@ -175,6 +176,20 @@ def test_events_without_a_timestamp_keep_their_batch_order() -> None:
     )
     assert record["timestamp"] == 4_999_999_999_998 and record["received_at"] == 5_000_000_000_000
     assert record["client_timestamp"] is None
+
+
+def test_events_sent_with_one_time_keep_their_batch_order() -> None:
+    """A device's events sent with the same time (a clock that reads seconds) are stored a
+    millisecond apart in batch order; distinct times, and out-of-order ones, are left as sent."""
+    second = 1_795_000_000_000
+    previous = None
+    stored = []
+    for sent in (second, second, second, second + 1000, second + 1000, second - 5000):
+        at = after_tie(sent, sent, previous)
+        previous = (sent, at)
+        stored.append(at)
+    assert stored == [second, second + 1, second + 2, second + 1000, second + 1001, second - 5000]
+    assert after_tie(second, second + 7, (second, second + 3)) == second + 7  # already after it (clock skew)
 
 
 def test_an_event_may_carry_its_users_address() -> None:

@@ -68,6 +68,21 @@ def untimed_times(events: Sequence[Any], received_ms: int) -> list[int | None]:
     return out
 
 
+def after_tie(sent: int, stored: int, previous: tuple[int, int] | None) -> int:
+    """When to store an event of a device sent at ``sent`` (ms) and due at ``stored``, given the
+    previous event of that device in the batch as (sent, stored): a millisecond after the previous
+    one when both were sent with the same time, so the batch's order is kept (``client_timestamp``
+    keeps the time as sent).
+
+    Why: a client whose clock reads seconds (many servers and back-office systems) sends a burst
+    of events with one time, and every analysis would order them by touchpoint instead (Home,
+    Search, Product, Cart in one second seemed to leave at Product). Events without a time are
+    spaced already (``untimed_times``); events sent with distinct times are untouched."""
+    if previous is not None and previous[0] == sent and stored <= previous[1]:
+        return previous[1] + 1
+    return stored
+
+
 def parse_time_ms(value: Any, field: str) -> int:
     """ISO 8601 (``Z`` or offset; naive means UTC) to epoch milliseconds."""
     if not isinstance(value, str) or not value:

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.core.eventlog import LogOutcomeUnknown, LogUnavailable, LogWriter
 from services.core.events import (
     InvalidEvent,
+    after_tie,
     normalize,
     now_ms,
     parse_time_ms,
@@ -353,6 +354,7 @@ class Ingest:
         event_ids: list[str | None] = []
         max_event = self.settings.max_event_bytes
         untimed = untimed_times(events, received)
+        last_times: dict[bytes, tuple[int, int]] = {}  # per device: the previous event's sent and stored times
         for index, raw_event in enumerate(events):
             try:
                 record = normalize(
@@ -366,15 +368,21 @@ class Ingest:
                     untimed_ms=untimed[index],
                 )
                 record["geo"] = self.geo.lookup(record["ip"])
+                device = partition_key(record)
+                sent = record["client_timestamp"]
+                if sent is not None:
+                    record["timestamp"] = after_tie(sent, record["timestamp"], last_times.get(device))
                 value = orjson.dumps(record)
                 if len(value) > max_event:
                     raise InvalidEvent("event", f"larger than {max_event} bytes once stored; trim properties")
+                if sent is not None:
+                    last_times[device] = (sent, record["timestamp"])
             except orjson.JSONEncodeError:
                 problem = InvalidEvent("event", UNSTORABLE)
             except InvalidEvent as invalid:
                 problem = invalid
             else:
-                packs.setdefault(partition_key(record), []).append(value)
+                packs.setdefault(device, []).append(value)
                 event_ids.append(record["event_id"])
                 continue
             event_ids.append(None)
