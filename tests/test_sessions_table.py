@@ -500,6 +500,13 @@ def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_pa
     wh = Warehouse(f"chdb://{chdb_path}", "sessions-test")
     wh.migrate()
     project, _, lagging = _erasure_scene(wh, tmp_path)
+    lagging += dead_letters(
+        project,
+        [  # refused with the batch: hers (her user id) and Bob's (his browser by then)
+            ({"type": "bogus", "anonymous_id": "s1", "user_id": "dora"}, now_ms() - 5000),
+            ({"type": "bogus", "anonymous_id": "s1"}, now_ms() - 5000),
+        ],
+    )
     p = pipeline(wh, tmp_path, project)
     p.erasure_guard.erasures.refresh()  # as the batch before did
     real_insert = wh.insert_json
@@ -516,6 +523,10 @@ def test_a_write_that_races_an_erasure_is_swept_after_it(chdb_path: Path, tmp_pa
     assert _stored_ids(wh, project) == {"e3", "e11", "e13"}
     ((person, _, events, _),) = _listed(wh, project)  # the sweep's share (e10, e12) in the same entry
     assert person == "dora" and events == erased[0]["deleted"]["events"] + 2
+    refused = wh.rows("SELECT payload FROM rejected_events WHERE project = {p:String}", {"p": project})
+    assert [orjson.loads(r["payload"]) for r in refused] == [{"type": "bogus", "anonymous_id": "s1"}]  # Bob's
+    listed = wh.rows("SELECT sum(rejected) AS n FROM erasures WHERE project = {p:String}", {"p": project})
+    assert listed[0]["n"] == 1  # the sweep's, added to her record
     assert _persons(wh, project) == {"bob", "x1"}
     assert _linked_users(wh, project) == {"bob"}
 

@@ -15,7 +15,6 @@ from typing import Any, Final
 
 import orjson
 
-from services.core.erasure import DELETE_CHUNK
 from services.core.identity import events_of_person
 from services.core.warehouse import Warehouse
 
@@ -31,20 +30,19 @@ def _id_of(field: str) -> str:
 
 
 _CANDIDATES: Final = f"""
-SELECT anonymous_id, user_id, toUnixTimestamp64Milli(received_at) AS timestamp, batch_index, error, payload,
-       cityHash64(payload) AS payload_hash
+SELECT anonymous_id, user_id, toUnixTimestamp64Milli(received_at) AS timestamp, batch_index, error, payload
 FROM (
     SELECT *, {_id_of("anonymous_id")} AS anonymous_id, {_id_of("user_id")} AS user_id
     FROM rejected_events WHERE project = {{project:String}}
 )
 WHERE (user_id = {{person:String}} AND user_id != '') OR anonymous_id IN {{devices:Array(String)}}
-ORDER BY received_at, batch_index, payload_hash
+ORDER BY received_at, batch_index, payload
 """
 
 
 def dead_letters_of(warehouse: Warehouse, project: str, who: Person) -> list[dict[str, Any]]:
     """The person's stored dead letters, oldest first: ``anonymous_id``, ``user_id``, ``timestamp``
-    (when received, ms), ``batch_index``, ``error``, ``payload`` (the text stored) and its hash."""
+    (when received, ms), ``batch_index``, ``error``, ``payload`` (the text stored)."""
     # A lone id's dead letters may name it as a user id too: one whose every event was refused.
     params = {"project": project, "person": who.person_id, "devices": who.devices}
     candidates = warehouse.rows(_CANDIDATES, params)
@@ -53,23 +51,14 @@ def dead_letters_of(warehouse: Warehouse, project: str, who: Person) -> list[dic
     return [dict(row) for row in events_of_person(who.person_id, candidates, who.links)]
 
 
-def delete_dead_letters(warehouse: Warehouse, project: str, letters: Sequence[dict[str, Any]]) -> int:
-    """Delete these dead letters (rows have no id: received time, index in the batch and the
-    payload's hash name one); returns how many were named."""
-    keys = sorted({(int(r["timestamp"]), int(r["batch_index"]), int(r["payload_hash"])) for r in letters})
-    for start in range(0, len(keys), DELETE_CHUNK):
-        warehouse.command(
-            "DELETE FROM rejected_events WHERE project = {project:String} "
-            "AND (toUnixTimestamp64Milli(received_at), batch_index, cityHash64(payload)) "
-            "IN {keys:Array(Tuple(Int64, UInt32, UInt64))}",
-            {"project": project, "keys": keys[start : start + DELETE_CHUNK]},
-        )
-    return len(keys)
-
-
 def payload_as_sent(text: str) -> Any:
     """A dead letter's payload: the JSON it was, or the text stored when it was not JSON."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+
+
+def letter_keys(letters: Sequence[dict[str, Any]]) -> list[tuple[int, int, str]]:
+    """What names each dead letter for ``delete_dead_letters``."""
+    return [(int(r["timestamp"]), int(r["batch_index"]), str(r["payload"])) for r in letters]

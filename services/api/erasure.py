@@ -15,12 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from services.core.erasure import USER_DEVICE_PREFIX, delete_sessions, delete_stored, owned_spans, record_erasure
+from services.core.erasure import (
+    USER_DEVICE_PREFIX,
+    delete_dead_letters,
+    delete_sessions,
+    delete_stored,
+    owned_spans,
+    record_erasure,
+)
 from services.core.events import iso
 from services.core.identity import events_of_person
 from services.core.warehouse import Warehouse
 
-from .dead_letters import dead_letters_of, delete_dead_letters
+from .dead_letters import dead_letters_of, letter_keys
 from .journeys import PERSON_EVENTS_WHERE, Person, ms, resolve_person
 
 # Recomputes some devices' sessions from their stored events; returns the ids that no longer exist
@@ -46,7 +53,7 @@ def erase_person(
     # run in this order, links last) is completed by running it again.
     if not pairs and not sessions and not letters and not (who.is_user and who.devices):
         return None
-    rejected = delete_dead_letters(warehouse, project, letters)
+    rejected = delete_dead_letters(warehouse, project, letter_keys(letters))
     delete_stored(warehouse, project, who.person_id, who.is_user, pairs, sessions)
     # The sessionizer keys a device by its anonymous id, and events without one by "user:<id>".
     devices = sorted({*who.devices, *([USER_DEVICE_PREFIX + who.person_id] if who.is_user else [])})
@@ -57,7 +64,7 @@ def erase_person(
         {"project": project, "person": who.person_id},
     )[0]["at"]
     late_pairs, late_sessions = _stored_of(warehouse, project, who)
-    late_rejected = delete_dead_letters(warehouse, project, dead_letters_of(warehouse, project, who))
+    late_rejected = delete_dead_letters(warehouse, project, letter_keys(dead_letters_of(warehouse, project, who)))
     if late_pairs or late_sessions:
         delete_stored(warehouse, project, who.person_id, who.is_user, late_pairs, late_sessions)
     # Counted once: a session of the first pass that a batch rewrote in between (extended by

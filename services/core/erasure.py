@@ -166,6 +166,20 @@ def delete_sessions(warehouse: Warehouse, project: str, session_ids: Sequence[st
     return stored
 
 
+def delete_dead_letters(warehouse: Warehouse, project: str, letters: Sequence[tuple[int, int, str]]) -> int:
+    """Delete these dead letters, each named by (received ms, index in its batch, payload as
+    stored): the rows have no id. Returns how many were named."""
+    keys = sorted(set(letters))
+    for start in range(0, len(keys), DELETE_CHUNK):
+        warehouse.command(
+            "DELETE FROM rejected_events WHERE project = {project:String} "
+            "AND (toUnixTimestamp64Milli(received_at), batch_index, payload) "
+            "IN {keys:Array(Tuple(Int64, UInt32, String))}",
+            {"project": project, "keys": keys[start : start + DELETE_CHUNK]},
+        )
+    return len(keys)
+
+
 def record_erasure(
     warehouse: Warehouse,
     project: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import Counter
@@ -21,6 +22,7 @@ from services.core.erasure import (
     ErasedOwners,
     Erasure,
     Owner,
+    delete_dead_letters,
     delete_sessions,
     delete_stored,
     owned_spans,
@@ -31,7 +33,7 @@ from services.core.links import stored_links
 from services.core.warehouse import Warehouse
 
 from .open_sessions import OpenSessions
-from .rows import owners_of
+from .rows import dead_letter_owner, owners_of
 
 if TYPE_CHECKING:
     from .pipeline import Decoded
@@ -123,10 +125,13 @@ class ErasureGuard:
         self._unclaimed.update(devices_found(dropped))
         return as_written
 
-    def after_write(self, lines: list[bytes], keys: list[tuple[str, str, str]]) -> None:
+    def after_write(
+        self, lines: list[bytes], keys: list[tuple[str, str, str]], dead_letters: Sequence[Sequence[Any]] = ()
+    ) -> None:
         """An erasure recorded while the batch was written found none of it stored yet."""
         self._unswept += self.erasures.refresh()
         self._sweep(self._unswept, lines, keys)
+        self._sweep_dead_letters(self._unswept, dead_letters)
         self._unswept = []
         self._claim(self._unclaimed)
         self._unclaimed = {}
@@ -183,6 +188,30 @@ class ErasureGuard:
                 extra={"project": erasure.project, "events": len(pairs), "sessions": gone},
             )
         self._let_go(erasures)
+
+    def _sweep_dead_letters(self, erasures: list[Erasure], rows: Sequence[Sequence[Any]]) -> None:
+        """The batch's dead letters of persons erased while it was written (the API's passes
+        found none of them stored yet): deleted, and added to the erasure's record."""
+        if not erasures or not rows:
+            return
+        owners = ErasedOwners(erasures)
+        taken: dict[Erasure, list[tuple[int, int, str]]] = {}
+        for row in rows:
+            owner = dead_letter_owner(row)
+            erasure = None if owner is None else owners.erasure_of(owner)
+            if owner is not None and erasure is not None:  # named by (received ms, index, payload)
+                taken.setdefault(erasure, []).append((owner[4], int(row[2]), str(row[4])))
+        for erasure, letters in taken.items():
+            deleted = delete_dead_letters(self.warehouse, erasure.project, letters)
+            record_erasure(
+                self.warehouse,
+                erasure.project,
+                erasure.person,
+                (0, 0),
+                erased_at_ms=erasure.erased_at,
+                rejected=deleted,
+            )
+            log.info("dead letters written while a person was erased swept", extra={"project": erasure.project})
 
     def _recompute_sessions(self, project: str, devices: list[str]) -> int:
         """The devices' sessions from their events left; those gone deleted, and how many of

@@ -341,7 +341,7 @@ class Pipeline:
         self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
         if self.sessions is not None:  # last: it reads the events just stored when it must recompute
             self.sessions.apply(decoded.sessions)
-        self.erasure_guard.after_write(*as_written)
+        self.erasure_guard.after_write(*as_written, decoded.rejected)
 
     def _idle(self) -> None:
         """Blocking: nothing to read. Erasures still apply to the sessions held, then time passes."""
