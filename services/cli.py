@@ -284,6 +284,54 @@ def _export(project_id: str | None, identifier: str | None) -> int:
     return 0
 
 
+def _import(project_id: str | None, path: str | None) -> int:
+    """Send a file of events (Touchpoint, Segment or ``touchpoint export`` lines) through a
+    running Touchpoint's ingest; progress and a summary on stderr."""
+    from services.importer import ImportFailed, ImportResult, import_lines, read
+
+    if not path:
+        print("touchpoint: import needs a file: touchpoint import events.ndjson[.gz] (or - for stdin)", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    projects, _, _ = load_projects(settings)
+    project = projects.get(project_id) if project_id else projects.items[0]
+    if project is None:
+        print(f"touchpoint: no project {project_id!r} in the projects file", file=sys.stderr)
+        return 2
+    url = f"http://{settings.host}:{settings.port}/v1/batch"
+
+    def progress(result: ImportResult, seconds: float) -> None:
+        print(
+            f"touchpoint: import: {result.lines:,} lines, {result.accepted:,} accepted, {result.refused:,} refused "
+            f"({result.lines / seconds:,.0f} lines/s)",
+            file=sys.stderr,
+        )
+
+    try:
+        result = import_lines(read(path), url, project.write_keys[0], settings.allowed_lateness_s * 1000, progress)
+    except FileNotFoundError:
+        print(f"touchpoint: import: no file {path}", file=sys.stderr)
+        return 2
+    except ImportFailed as exc:
+        print(f"touchpoint: import stopped: {exc}", file=sys.stderr)
+        return 1
+    for problem in result.problems:
+        print(f"touchpoint: refused {problem}", file=sys.stderr)
+    print(
+        f"touchpoint: imported {path} into {project.id}: {result.accepted:,} events accepted, "
+        f"{result.refused:,} refused, {result.skipped:,} lines skipped",
+        file=sys.stderr,
+    )
+    if result.late:
+        print(
+            f"touchpoint: {result.late:,} events are older than the allowed lateness "
+            f"({settings.allowed_lateness_s // 86400} days): stored and flagged late; sessions leave them out until "
+            "`touchpoint rebuild-sessions` (stop Touchpoint first)",
+            file=sys.stderr,
+        )
+    return 0 if result.refused == 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="touchpoint", description="Self-hosted customer-journey tracking.")
     parser.add_argument(
@@ -300,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "erase",
             "export",
             "status",
+            "import",
         ],
         help="up: everything in one process; ingest, sessionizer, api: one service against Kafka; "
         "demo: fill the data directory with a day of generated traffic and print an abandonment report; "
@@ -307,17 +356,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "happen; rebuild-sessions: recompute the sessions table from stored events; "
         "erase ID: delete everything stored about a person (user id or anonymous id); "
         "export ID: print everything stored about a person, one JSON line each (right of access); "
-        "status: where is my data (consumer lag, ingestion delay, last write and error)",
+        "status: where is my data (consumer lag, ingestion delay, last write and error); "
+        "import FILE: send a file of events (Touchpoint, Segment or `touchpoint export` lines, one JSON each, "
+        "gzip or not) through a running Touchpoint, each stored once however often it is imported",
     )
     parser.add_argument(
-        "identifier", nargs="?", default=None, help="erase, export: the person's user id or anonymous id"
+        "identifier",
+        nargs="?",
+        default=None,
+        help="erase, export: the person's user id or anonymous id; import: the file (- for stdin)",
     )
     parser.add_argument("--people", type=int, default=3000, help="demo: how many people to simulate")
     parser.add_argument("--seed", type=int, default=42, help="demo: random seed")
     parser.add_argument(
         "--project",
         default=None,
-        help="rejected, abandonments, erase, export: project id (default: the first); "
+        help="rejected, abandonments, erase, export, import: project id (default: the first); "
         "rebuild-sessions: only this project",
     )
     parser.add_argument("--since", default=None, help="abandonments: ISO 8601, also those noticed since (default: now)")
@@ -333,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _export(args.project, args.identifier)
     if args.command == "status":
         return _status(args.project)
+    if args.command == "import":
+        return _import(args.project, args.identifier)
     if args.command == "rebuild-sessions":
         return _rebuild_sessions(args.project)
     if args.command == "demo":
