@@ -79,9 +79,7 @@ def _exported_event(row: dict[str, Any]) -> dict[str, Any]:
     event: dict[str, Any] = {
         key: row[key] for key in ("event_id", "type", "name", "anonymous_id", "user_id", "channel") if row.get(key)
     }
-    if row.get("client_timestamp"):
-        event["timestamp"] = row["client_timestamp"]
-    elif row.get("timestamp"):
+    if row.get("timestamp"):  # as stored: corrected for the device's clock when it was sent
         event["timestamp"] = row["timestamp"]
     for key in ("properties", "context"):
         if isinstance(row.get(key), dict):
