@@ -43,24 +43,24 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     ann, ben, cy, landing, buy = uid("ann"), uid("ben"), uid("cy"), f"/land-{uid('p')}", uid("Buy")
     hostile = "<img src=x onerror=\"document.title='pwned'\">"
 
-    def page(person: str, minutes: int, **more: Any) -> dict[str, Any]:
+    def page(person: str, minutes: int, network: str, **more: Any) -> dict[str, Any]:
         return {
             "event_id": uid("e"),
             "type": "page",
             "name": "Home",  # the first stage of the test projects' journey map
             "anonymous_id": person,
             "timestamp": ago(minutes),
-            "context": {"page": {"path": landing}},
+            "context": {"page": {"path": landing}, "network": {"type": network}},
             "timing": {"response_ms": 900.0},
             **more,
         }
 
     events = [
-        page(ann, 20),
+        page(ann, 20, "wifi"),
         {"event_id": uid("e"), "type": "track", "name": buy, "anonymous_id": ann, "timestamp": ago(19)},
         {"event_id": uid("e"), "type": "track", "name": hostile, "anonymous_id": ann, "timestamp": ago(18)},
-        page(ben, 120),
-        page(cy, 10, error={"kind": "js", "message": "checkout broke"}),
+        page(ben, 120, "cellular"),
+        page(cy, 10, "cellular", error={"kind": "js", "message": "checkout broke"}),
     ]
     assert up.post_batch(events).json()["accepted"] == 5
     journey_with(up, ann, {e["event_id"] for e in events[:3]})
@@ -81,6 +81,7 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
 
     state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann, "around": f"page {landing}"}
     state.update({"cohort-start": f"page {landing}", "cohort-return": buy, "cohort-period": "day"})
+    state["abandonment-breakdown"] = "network"
     dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
 
     assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
@@ -89,6 +90,12 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     assert points[(f"page {landing}", "web")] == "2"  # Ben and Cy
     shown = {(t, c): n for t, c, n in rows(dom, "abandonment", "touchpoint", "channel", "abandoned")}
     assert shown == points
+    by_network = httpx.post(
+        f"{up.url}/v1/abandonment", json={"goal": buy, "limit": 15, "breakdown": "network"}, headers=auth, timeout=30
+    ).json()["breakdown"]
+    worst_first = sorted(by_network.items(), key=lambda kv: kv[1]["conversion_rate"])
+    assert rows(dom, "suffers", "value", "journeys") == [(k, str(v["journeys"])) for k, v in worst_first]
+    assert [(k, v["journeys"], v["converted"]) for k, v in worst_first] == [("cellular", 2, 0), ("wifi", 1, 1)]
     assert [e for (e,) in rows(dom, "events", "event")] == [e["event_id"] for e in events[:3]]
     assert ("abandonment", ben) in rows(dom, "live", "signal", "person")
     around = {"touchpoint": {"type": "page", "path": landing}, "goal": buy, "limit": 10}

@@ -91,6 +91,7 @@
     const out = new URLSearchParams();
     for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
     for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period"]) out.set(id, $(id).value);
+    if ($("abandonment-breakdown").value) out.set("abandonment-breakdown", $("abandonment-breakdown").value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
   }
@@ -122,7 +123,9 @@
 
   function abandonment() {
     return show("abandonment", async () => {
-      const a = await api("/v1/abandonment", {...range(), ...goal(), scope: $("abandonment-scope").value, limit: 15});
+      const by = $("abandonment-breakdown").value;
+      const a = await api("/v1/abandonment", {...range(), ...goal(), scope: $("abandonment-scope").value, limit: 15,
+        ...(by ? {breakdown: by} : {})});
       const summary = el("p", {"data-journeys": a.journeys, "data-converted": a.converted},
         `${count(a.converted)} of ${count(a.journeys)} converted (${pct(a.conversion_rate)}, 95% CI ${interval(a.conversion_rate_ci95)}); `,
         `${count(a.recovered_cross_channel)} left one channel and converted on another (not a loss).`);
@@ -139,7 +142,21 @@
       }));
       const converting = a.converting || {};
       const foot = el("p", {class: "muted"}, `People who converted: median response ${ms(converting.median_response_ms)}, error rate ${pct(converting.error_rate)}.`);
-      return [summary, table("abandonment", ["last touchpoint", "channel", "left", "share", "median response", "errors"], rows), foot];
+      const out = [summary, table("abandonment", ["last touchpoint", "channel", "left", "share", "median response", "errors"], rows), foot];
+      if (by && a.breakdown) {  // the worst converting first: who suffers most
+        const groups = Object.entries(a.breakdown).sort((x, y) => (x[1].conversion_rate ?? 1) - (y[1].conversion_rate ?? 1));
+        out.push(el("h3", {}, `Who suffers most, by ${by.replace("_", " ")}`), table("suffers",
+          [by.replace("_", " "), "journeys", "converted", "95% CI", "most left at", "share", "median response there"],
+          groups.map(([value, g]) => {
+            const top = (g.points || [])[0] || {};
+            return el("tr", {"data-value": value, "data-journeys": g.journeys},
+              el("td", {}, value || "(unknown)"), el("td", {class: "n"}, count(g.journeys)),
+              el("td", {}, bar(g.conversion_rate), pct(g.conversion_rate)), el("td", {}, interval(g.conversion_rate_ci95)),
+              el("td", {}, top.touchpoint ? `${top.touchpoint} · ${top.channel}` : ""), el("td", {class: "n"}, pct(top.share)),
+              el("td", {class: "n"}, ms(top.median_response_ms)));
+          })));
+      }
+      return out;
     });
   }
 
