@@ -100,8 +100,8 @@ def _query_target(project_id: str | None, path: str) -> tuple[str, dict[str, str
     return f"http://{settings.host}:{settings.port}{path}", {"Authorization": f"Bearer {project.api_keys[0]}"}
 
 
-def _unreachable(url: str, exc: Exception) -> int:
-    print(f"touchpoint: cannot reach {url} ({exc}); is `touchpoint up` or `touchpoint api` running?", file=sys.stderr)
+def _unreachable(url: str, exc: Exception, serving: str = "`touchpoint up` or `touchpoint api`") -> int:
+    print(f"touchpoint: cannot reach {url} ({exc}); is {serving} running?", file=sys.stderr)
     return 1
 
 
@@ -299,6 +299,12 @@ def _import(project_id: str | None, path: str | None) -> int:
         print(f"touchpoint: no project {project_id!r} in the projects file", file=sys.stderr)
         return 2
     url = f"http://{settings.host}:{settings.port}/v1/batch"
+    import httpx
+
+    try:  # before reading the file: a Touchpoint that is not running is said at once, not after retries
+        httpx.get(f"http://{settings.host}:{settings.port}/health", timeout=5)
+    except httpx.HTTPError as exc:
+        return _unreachable(url, exc, "`touchpoint up` or `touchpoint ingest`")
 
     def progress(result: ImportResult, seconds: float) -> None:
         print(

@@ -369,6 +369,14 @@ def test_importing_a_file_stores_each_event_once_whatever_its_format(up: Proc, t
             timeout=300,
         )
 
+    stopped = subprocess.run(
+        [sys.executable, "-m", "services.cli", "import", str(path)],
+        env={**up.env, "TOUCHPOINT_PORT": "9"},  # nothing listens there
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stopped.returncode == 1 and "is `touchpoint up` or `touchpoint ingest` running?" in stopped.stderr
     first = run()
     assert first.returncode == 1, first.stderr  # two lines refused
     assert f"refused line {len(lines) - 4}: not JSON" in first.stderr
