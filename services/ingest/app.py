@@ -368,15 +368,17 @@ class Ingest:
                     untimed_ms=untimed[index],
                 )
                 record["geo"] = self.geo.lookup(record["ip"])
+                value = orjson.dumps(record)  # first: an event that cannot be stored is refused here
+                if len(value) > max_event:
+                    raise InvalidEvent("event", f"larger than {max_event} bytes once stored; trim properties")
                 device = partition_key(record)
                 sent = record["client_timestamp"]
                 if sent is not None:
-                    record["timestamp"] = after_tie(sent, record["timestamp"], last_times.get(device))
-                value = orjson.dumps(record)
-                if len(value) > max_event:
-                    raise InvalidEvent("event", f"larger than {max_event} bytes once stored; trim properties")
-                if sent is not None:
-                    last_times[device] = (sent, record["timestamp"])
+                    at = after_tie(sent, record["timestamp"], last_times.get(device))
+                    if at != record["timestamp"]:  # a tie: moved by a millisecond or so
+                        record["timestamp"] = at
+                        value = orjson.dumps(record)
+                    last_times[device] = (sent, at)
             except orjson.JSONEncodeError:
                 problem = InvalidEvent("event", UNSTORABLE)
             except InvalidEvent as invalid:
