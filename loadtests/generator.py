@@ -49,6 +49,12 @@ USER_AGENTS = {
     "Mobile/15E148 Safari/604.1",
 }
 NETWORKS = ("wifi", "4g", "3g")
+# How a person arrived, by their index modulo 5: a paid search ad, a newsletter, or else
+# without a campaign (direct). (source, medium, name, referrer of a web landing page)
+CAMPAIGNS = (
+    ("google", "cpc", "spring-sale", "https://www.google.com/search?q=shop"),
+    ("newsletter", "email", "weekly", ""),
+)
 
 
 @dataclass
@@ -84,6 +90,8 @@ class Truth:
     last_channel: str
     recovered_cross_channel: bool
     event_ids: list[str] = field(default_factory=list)
+    campaign_source: str = ""  # of the landing page (first touch), "" for none
+    referrer_domain: str = ""  # likewise
 
 
 @dataclass
@@ -232,6 +240,7 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
             ev, converted, last = _session(person, anon, user_id, primary, t0, network, login)
             sessions = [(primary, ev)]
             last_channel = primary
+        source, referrer = _land(sessions[0][1], index)
         linked = user_id is not None and any(e.get("user_id") for _, evs in sessions for e in evs)
         if not linked:
             user_id = None  # they left before logging in: an anonymous person
@@ -244,6 +253,8 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
             last_touchpoint=last,
             last_channel=last_channel,
             recovered_cross_channel=recovered,
+            campaign_source=source,
+            referrer_domain=referrer,
         )
         for channel, events in sessions:
             truth.event_ids += [e["event_id"] for e in events]
@@ -255,6 +266,23 @@ def generate(seed: int, people: int, start_ms: int, end_ms: int, duplicate_rate:
     batches += extra
     batches.sort(key=lambda b: b.arrival_ms)
     return Traffic(batches, truths)
+
+
+def _land(events: list[dict[str, Any]], index: int) -> tuple[str, str]:
+    """Give the first visit its campaign (on the landing page, and on a login just before it,
+    as a tracker adds the page's UTM parameters to every event sent from it) and the landing
+    page its referrer; returns (campaign source, referrer domain)."""
+    if index % 5 >= len(CAMPAIGNS):
+        return "", ""
+    source, medium, name, referrer = CAMPAIGNS[index % 5]
+    landing = next(i for i, e in enumerate(events) if e["type"] != "identify")
+    for e in events[: landing + 1]:
+        e["context"] = {**e["context"], "campaign": {"source": source, "medium": medium, "name": name}}
+    page = events[landing]["context"].get("page")
+    if page is None or not referrer:
+        return source, ""
+    events[landing]["context"]["page"] = {**page, "referrer": referrer}
+    return source, "google.com"
 
 
 def _batches(rng: random.Random, channel: str, events: list[dict[str, Any]]) -> list[Batch]:

@@ -8,13 +8,15 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
 
 from loadtests.generator import GOAL, WEB_STEPS, Traffic, generate
 from loadtests.sender import send
+from services.api.analytics import DIMENSIONS
+from services.api.models import Breakdown
 from services.core.events import parse_time_ms
 from tests.faults import wait_caught_up
 from tests.harness import API_KEY, OTHER_API_KEY, WRITE_KEY, Proc, new_proc
@@ -100,8 +102,8 @@ def test_abandonment_by_channel_and_default_goal(loaded: tuple[Proc, Traffic]) -
     assert set(by) <= {"web", "mobile_web", "app"}
 
 
-def _search_observations(traffic: Traffic) -> list[tuple[float, bool]]:
-    """Each /search page view, and whether its person ordered within a day after it."""
+def _search_observations(traffic: Traffic, persons: set[str] | None = None) -> list[tuple[float, bool]]:
+    """Each /search page view (of ``persons`` when given), and whether its person ordered within a day after it."""
     person_of_device = {d: t for t in traffic.truths for d in t.devices}
     seen: set[str] = set()
     goals: dict[str, list[int]] = {}
@@ -117,7 +119,11 @@ def _search_observations(traffic: Traffic) -> list[tuple[float, bool]]:
                 goals.setdefault(truth.person_id, []).append(ts)
             if e["type"] == "page" and e.get("context", {}).get("page", {}).get("path") == "/search":
                 visits.append((truth.person_id, ts, e["timing"]["response_ms"]))
-    return [(ms, any(v <= g <= v + 86_400_000 for g in goals.get(p, []))) for p, v, ms in visits]
+    return [
+        (ms, any(v <= g <= v + 86_400_000 for g in goals.get(p, [])))
+        for p, v, ms in visits
+        if persons is None or p in persons
+    ]
 
 
 def test_correlation_buckets_match_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
@@ -288,14 +294,13 @@ def _labelled_events(traffic: Traffic) -> dict[str, list[tuple[int, str, str, st
     return {p: sorted(v) for p, v in out.items()}
 
 
-def test_paths_around_the_cart_among_people_who_did_not_buy(loaded: tuple[Proc, Traffic]) -> None:
-    proc, traffic = loaded
-    r = api(proc, "/v1/paths", {"touchpoint": {"type": "page", "path": "/cart"}, "goal": GOAL, "limit": 100})
-    assert r.status_code == 200, r.text
-    body = r.json()
+def _cart_paths(traffic: Traffic, persons: set[str] | None = None) -> tuple[Counter[Any], Counter[Any]]:
+    """The oracle of /v1/paths around the cart among those who did not buy: (next, previous)."""
     following: Counter[tuple[str, str]] = Counter()
     preceding: Counter[tuple[str, str]] = Counter()
-    for events in _labelled_events(traffic).values():
+    for person, events in _labelled_events(traffic).items():
+        if persons is not None and person not in persons:
+            continue
         if any(label == f"track {GOAL}" for _, _, label, _ in events):
             continue
         for i, (_, _, label, _) in enumerate(events):
@@ -303,6 +308,15 @@ def test_paths_around_the_cart_among_people_who_did_not_buy(loaded: tuple[Proc, 
                 continue
             following[events[i + 1][2:] if i + 1 < len(events) else ("(exit)", "")] += 1
             preceding[events[i - 1][2:] if i > 0 else ("(entry)", "")] += 1
+    return following, preceding
+
+
+def test_paths_around_the_cart_among_people_who_did_not_buy(loaded: tuple[Proc, Traffic]) -> None:
+    proc, traffic = loaded
+    r = api(proc, "/v1/paths", {"touchpoint": {"type": "page", "path": "/cart"}, "goal": GOAL, "limit": 100})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    following, preceding = _cart_paths(traffic)
     assert body["visits"] == sum(following.values()) > 0
     assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["next"]} == dict(following)
     assert {(x["touchpoint"], x["channel"]): x["count"] for x in body["previous"]} == dict(preceding)
@@ -373,6 +387,88 @@ def test_journey_map_needs_configured_stages(loaded: tuple[Proc, Traffic]) -> No
     proc, _ = loaded
     r = httpx.get(f"{proc.url}/v1/journey-map", headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
     assert r.status_code == 422 and "stages" in r.text
+
+
+def test_segments_and_first_touch_breakdowns_match_ground_truth(loaded: tuple[Proc, Traffic]) -> None:
+    """A fifth of the people came from a Google ad (a referrer on the web), a fifth from a
+    newsletter, the rest directly. A segment keeps the journeys whose first touchpoint matches;
+    a breakdown splits by the same first touch; each answer is checked against the truth."""
+    assert get_args(Breakdown) == tuple(DIMENSIONS)  # one list of dimensions, read one way
+    proc, traffic = loaded
+    truths = traffic.truths
+    by_source = {v: {t.person_id for t in truths if t.campaign_source == v} for v in ("google", "newsletter", "")}
+    assert all(len(p) >= 100 for p in by_source.values())
+    events = _events_by_person(traffic)
+    labelled = _labelled_events(traffic)
+
+    def funnel_truth(persons: set[str]) -> list[int]:
+        chains = [_window_funnel(evs, FUNNEL, 86_400_000) for p, evs in events.items() if p in persons]
+        return [sum(1 for c in chains if len(c) >= k) for k in range(1, len(FUNNEL) + 1)]
+
+    google = api(proc, "/v1/funnels", {"steps": FUNNEL, "filters": {"campaign_source": ["google"]}}).json()
+    assert [s["count"] for s in google["steps"]] == funnel_truth(by_source["google"])
+    split = api(proc, "/v1/funnels", {"steps": FUNNEL, "breakdown": "campaign_source"}).json()["breakdown"]
+    assert {k: [s["count"] for s in v] for k, v in split.items()} == {
+        k: funnel_truth(p) for k, p in by_source.items() if funnel_truth(p)[0]
+    }
+
+    # Abandonment of the newsletter's readers; two sources at once; two dimensions at once.
+    mail = api(proc, "/v1/abandonment", {"goal": GOAL, "limit": 1000, "filters": {"campaign_source": ["newsletter"]}})
+    assert mail.status_code == 200, mail.text
+    readers = [t for t in truths if t.campaign_source == "newsletter"]
+    assert mail.json()["journeys"] == len(readers)
+    assert mail.json()["converted"] == sum(t.converted for t in readers)
+    expected = Counter((t.last_touchpoint, t.last_channel) for t in readers if not t.converted)
+    assert {(p["touchpoint"], p["channel"]): p["abandoned"] for p in mail.json()["points"]} == dict(expected)
+    both = api(proc, "/v1/abandonment", {"goal": GOAL, "filters": {"campaign_source": ["newsletter", "google"]}})
+    assert both.json()["journeys"] == len(by_source["google"]) + len(by_source["newsletter"])
+    first_channel = {p: evs[0][3] for p, evs in labelled.items()}
+    app_ads = {p for p in by_source["google"] if first_channel[p] == "app"}
+    r = api(proc, "/v1/abandonment", {"goal": GOAL, "filters": {"campaign_source": ["google"], "channel": ["app"]}})
+    assert r.json()["journeys"] == len(app_ads) > 0
+
+    # First-touch breakdowns: the referrer of the landing page, the entry touchpoint.
+    referrers = api(proc, "/v1/abandonment", {"goal": GOAL, "breakdown": "referrer_domain"}).json()["breakdown"]
+    assert {k: v["journeys"] for k, v in referrers.items()} == Counter(t.referrer_domain for t in truths)
+    entries = api(proc, "/v1/abandonment", {"goal": GOAL, "breakdown": "entry_touchpoint"}).json()["breakdown"]
+    assert {k: v["journeys"] for k, v in entries.items()} == Counter(evs[0][2] for evs in labelled.values())
+
+    # Paths, correlations, sessions by hour and the journey map take the same segment.
+    tp = {"type": "page", "path": "/cart"}
+    paths = api(proc, "/v1/paths", {"touchpoint": tp, "goal": GOAL, "limit": 100, "filters": {"campaign_source": [""]}})
+    following, _ = _cart_paths(traffic, by_source[""])
+    assert {(x["touchpoint"], x["channel"]): x["count"] for x in paths.json()["next"]} == dict(following)
+    search = {"type": "page", "path": "/search"}
+    corr = api(
+        proc, "/v1/correlations", {"touchpoint": search, "goal": GOAL, "filters": {"campaign_source": ["google"]}}
+    )
+    observations = _search_observations(traffic, by_source["google"])
+    assert corr.json()["observations"] == len(observations) > 0
+    assert sum(b["converted"] for b in corr.json()["buckets"]) == sum(c for _, c in observations)
+    hours = api(proc, "/v1/behaviour", {"goal": GOAL, "filters": {"campaign_source": ["google"]}}).json()
+    assert sum(row["sessions"] for row in hours["by_hour"]) == len(by_source["google"])  # the landing sessions
+    mapped = httpx.get(
+        f"{proc.url}/v1/journey-map",
+        params=[("filter", "campaign_source:newsletter"), ("filter", "campaign_source:google")],
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=60,
+    ).json()["stages"]
+    homes = {p for p, evs in events.items() if any(name == "Home" for _, _, name in evs)}
+    assert mapped[0]["people"] == len(homes & (by_source["google"] | by_source["newsletter"]))
+    kept = api(proc, "/v1/retention", {"start": "Home", "period": "day", "filters": {"campaign_source": ["google"]}})
+    assert kept.json()["people"] == len(homes & by_source["google"])
+
+    for path, body in (
+        ("/v1/funnels", {"steps": FUNNEL, "filters": {"shoe_size": ["42"]}}),
+        ("/v1/abandonment", {"goal": GOAL, "filters": {"campaign_source": []}}),
+        ("/v1/abandonment", {"goal": GOAL, "filters": {"campaign_source": "google"}}),
+    ):
+        bad = api(proc, path, body)
+        assert bad.status_code == 422 and "filters" in bad.text, bad.text
+    bad = httpx.get(
+        f"{proc.url}/v1/journey-map", params={"filter": "google"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    assert bad.status_code == 422 and "filter" in bad.text
 
 
 def test_query_limits_answer_clearly(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -19,7 +19,22 @@ from services.core.warehouse import Warehouse
 
 from .stats import MIN_OBSERVATIONS, logistic_odds_ratio, spearman, wilson
 
-BREAKDOWNS = ("channel", "browser", "os", "device_type", "country", "network")
+# What a breakdown or a segment filter reads, per dimension: a value of the unit's first
+# touchpoint in the range (first touch: the campaign, referrer and landing page of a journey are
+# those of its first event; identify calls are not touchpoints). ``models.Breakdown`` names the same.
+DIMENSIONS: dict[str, str] = {
+    "channel": "channel",
+    "browser": "browser",
+    "os": "os",
+    "device_type": "device_type",
+    "country": "country",
+    "network": "network",
+    "campaign_source": "campaign_source",
+    "campaign_medium": "campaign_medium",
+    "campaign_name": "campaign_name",
+    "referrer_domain": "domainWithoutWWW(referrer)",
+    "entry_touchpoint": "label",
+}
 METRICS = ("response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors")
 
 # Each unit's event array holds tuples, read in SQL by position (1-based):
@@ -41,6 +56,22 @@ class Source:
     start_ms: int
     end_ms: int
     include_bots: bool = False  # else events of known bots (``is_bot``, by user agent) are left out
+    # Only the units (journeys or sessions) whose first touchpoint has, for each dimension named,
+    # one of the values listed: the same unit the breakdown by that dimension puts under that value.
+    segment: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+def first_touch(dimensions: list[str]) -> str:
+    """SQL aggregate: the values of ``dimensions`` at the unit's first touchpoint, as a tuple.
+
+    Ties on time go to the lower event id, so a breakdown and a segment filter always agree."""
+    values = ", ".join(DIMENSIONS[d] for d in dimensions)
+    return f"argMinIf(tuple({values}), (ts, event_id), type != 'identify')"
+
+
+def dim_sql(breakdown: str | None) -> str:
+    """The breakdown value of a unit (its first touchpoint's), or '' for none."""
+    return f"{first_touch([breakdown])}.1" if breakdown else "''"
 
 
 def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> str:
@@ -51,7 +82,10 @@ def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> s
     joins the session of its device that started last at or before it, so session-scope
     analyses count the sessions ``GET /v1/sessions`` lists. Events no session holds (later than
     the allowed lateness, or in the batch being written this instant) are left out of them.
-    Journey-scope analyses need no session and skip the join."""
+    Journey-scope analyses need no session and skip the join.
+
+    The unit of an analysis is the session when it reads sessions, else the person: a segment
+    (``Source.segment``) keeps the units whose first touchpoint matches it, all their events."""
     params.update(
         project=source.project,
         start_ms=source.start_ms,
@@ -99,8 +133,27 @@ def base_sql(params: dict[str, Any], source: Source, sessions: bool = True) -> s
             ) AS person
         FROM deduped AS e LEFT JOIN links AS l ON e.anonymous_id = l.anonymous_id
     ),
-    base AS (
+    {"base" if not source.segment else "every_unit"} AS (
         SELECT *, {TOUCHPOINT_TEXT} AS label{join}
+    ){segment_sql(params, source.segment, "session" if sessions else "person")}"""
+
+
+def segment_sql(params: dict[str, Any], segment: tuple[tuple[str, tuple[str, ...]], ...], unit: str) -> str:
+    """``base`` as the events of the units (from ``every_unit``) whose first touchpoint is in the segment."""
+    if not segment:
+        return ""
+    conds = []
+    for k, (_, values) in enumerate(segment, 1):
+        params[f"seg{k}"] = list(values)
+        conds.append(f"firsts.{k} IN {{seg{k}:Array(String)}}")
+    return f""",
+    in_segment AS (
+        SELECT {unit} AS segment_unit, {first_touch([d for d, _ in segment])} AS firsts
+        FROM every_unit GROUP BY segment_unit
+        HAVING {" AND ".join(conds)}
+    ),
+    base AS (
+        SELECT * FROM every_unit WHERE {unit} IN (SELECT segment_unit FROM in_segment)
     )"""
 
 
@@ -113,7 +166,7 @@ def metric_expr(metric: str) -> str:
 
 def units_sql(scope: str, goal_cond: str, mark_cond: str, metric: str, breakdown: str | None) -> str:
     unit = "person" if scope == "journey" else "session"
-    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+    dim = dim_sql(breakdown)
     return f"""
     units AS (
         SELECT {unit} AS unit, {dim} AS dim,
@@ -248,7 +301,7 @@ def correlations(
 ) -> dict[str, dict[str, Any]]:
     """Observations: each visit to the touchpoint, or each session; outcome: goal within the window after it."""
     params.update(window_ms=window_ms)
-    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+    dim = dim_sql(breakdown)
     if touchpoint_cond is not None:
         # Only the visits (with their metric) and the goals' times of each journey: an array
         # of every event, as the other analyses gather, was most of this query's time. Other
@@ -356,7 +409,7 @@ def funnel(
     n = len(step_conds)
     params.update(window_ms=window_ms)
     unit = "person" if scope == "journey" else "session"
-    dim = f"argMin({breakdown}, ts)" if breakdown else "''"
+    dim = dim_sql(breakdown)
     # Which steps an event matches, as bits of one integer: a flat array element, where an
     # array of flags per event costs an allocation each (a third of the funnel's time).
     mask = " + ".join(f"bitShiftLeft(toUInt64({c}), {k})" for k, c in enumerate(step_conds))

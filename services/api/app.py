@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
@@ -20,7 +20,7 @@ from services.core.warehouse import Warehouse
 from services.sessionizer.open_sessions import OpenSessions
 
 from . import examples
-from .analytics import Source, abandonment, behaviour, correlations, funnel, journey_map, paths, retention
+from .analytics import DIMENSIONS, Source, abandonment, behaviour, correlations, funnel, journey_map, paths, retention
 from .auth import project_for
 from .console import add_console
 from .dead_letters import payload_as_sent
@@ -31,6 +31,7 @@ from .json_bodies import JsonBodyRoute
 from .models import (
     AbandonmentRequest,
     BehaviourRequest,
+    Breakdown,
     CorrelationRequest,
     FunnelRequest,
     PathsRequest,
@@ -41,6 +42,13 @@ from .stats import MIN_OBSERVATIONS, wilson
 from .steps import step_condition, step_label
 
 T = TypeVar("T")
+
+SEGMENT_QUERY = Query(
+    None,
+    alias="filter",
+    description="a segment, as DIMENSION:VALUE (repeat it: values of one dimension are alternatives), "
+    "e.g. filter=campaign_source:google&filter=country:DE; the dimensions of `filters` in the POST bodies",
+)
 
 log = logging.getLogger("touchpoint.api")
 
@@ -447,9 +455,15 @@ class QueryApi:
         }
 
     def _source(
-        self, project: Project, from_: str | datetime | None, to: str | datetime | None, include_bots: bool = False
+        self,
+        project: Project,
+        from_: str | datetime | None,
+        to: str | datetime | None,
+        include_bots: bool = False,
+        filters: Mapping[Breakdown, list[str]] | None = None,
     ) -> Source:
-        return Source(self.warehouse, project.id, *time_range(from_, to), include_bots=include_bots)
+        segment = tuple((dimension, tuple(values)) for dimension, values in sorted((filters or {}).items()))
+        return Source(self.warehouse, project.id, *time_range(from_, to), include_bots=include_bots, segment=segment)
 
     @staticmethod
     def _goal(project: Project, goal: object, params: dict[str, Any]) -> str:
@@ -463,7 +477,7 @@ class QueryApi:
         """Counts per step with conversion from step 1 and from the previous step, drop-off and
         the median time from the previous step (ClickHouse ``windowFunnel`` semantics)."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to, body.include_bots)
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         conds = [step_condition(step, f"s{i}", params, f"steps[{i}]") for i, step in enumerate(body.steps)]
         labels = [step_label(step) for step in body.steps]
@@ -502,7 +516,7 @@ class QueryApi:
     async def paths(self, request: Request, body: PathsRequest) -> dict[str, Any]:
         """Next and previous touchpoints around each visit; with a goal, among those who never reached it."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to, body.include_bots)
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint")
         goal = step_condition(body.goal, "goal", params, "goal") if body.goal is not None else None
@@ -520,7 +534,7 @@ class QueryApi:
     async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
         """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to, body.include_bots)
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         return await self._call(
@@ -541,7 +555,7 @@ class QueryApi:
         if start is None:  # long enough to follow the first cohort through every period asked for
             days = {"day": 1, "week": 7, "month": 31}[body.period] * (body.periods + 1)
             start = (body.to or datetime.now(UTC)) - timedelta(days=days)
-        source = self._source(project, start, body.to, body.include_bots)
+        source = self._source(project, start, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         start_cond = step_condition(body.start, "start", params, "start")
         return_step = body.start if body.return_ is None else body.return_
@@ -557,6 +571,7 @@ class QueryApi:
         to: str | None = Query(None, description="ISO 8601; default now"),
         top: int = Query(5, ge=1, le=50, description="touchpoints listed per stage and per pain point"),
         include_bots: bool = Query(False, description="count events of known bots (by user agent) too"),
+        filter_: list[str] | None = SEGMENT_QUERY,
     ) -> dict[str, Any]:
         """Stages as configured in the project's ``[[projects.stages]]``, from data."""
         project = project_for(request, self.projects)
@@ -566,7 +581,7 @@ class QueryApi:
                 "stages: none configured; add [[projects.stages]] tables (name, touchpoints) "
                 "to the projects file, e.g. awareness, consideration, purchase, retention, advocacy",
             )
-        source = self._source(project, from_, to, include_bots)
+        source = self._source(project, from_, to, include_bots, filters_from_query(filter_ or []))
         params: dict[str, Any] = {}
         conds = []
         for k, stage in enumerate(project.stages):
@@ -580,7 +595,7 @@ class QueryApi:
     async def abandonment(self, request: Request, body: AbandonmentRequest) -> dict[str, Any]:
         """Journeys that miss the goal within the window, by the touchpoint where they stopped."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to, body.include_bots)
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         begin = step_condition(body.start, "start", params, "start") if body.start is not None else None
@@ -605,7 +620,7 @@ class QueryApi:
     async def correlations(self, request: Request, body: CorrelationRequest) -> dict[str, Any]:
         """Conversion by metric bucket, Spearman's rho and the odds ratio per second (or per error)."""
         project = project_for(request, self.projects)
-        source = self._source(project, body.from_, body.to, body.include_bots)
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         visit = step_condition(body.touchpoint, "tp", params, "touchpoint") if body.touchpoint is not None else None
@@ -629,6 +644,19 @@ class QueryApi:
             by = await self._call(run, body.breakdown)
             out["by"] = {k: _correlation_json(v, body.metric, edges) for k, v in by.items()}
         return out
+
+
+def filters_from_query(items: list[str]) -> dict[Breakdown, list[str]]:
+    """``filter=DIMENSION:VALUE`` query parameters as the ``filters`` of a POST body."""
+    filters: dict[Breakdown, list[str]] = {}
+    for item in items:
+        dimension, sep, value = item.partition(":")
+        if not sep or dimension not in DIMENSIONS:
+            raise HTTPException(
+                422, f"filter: expected DIMENSION:VALUE with DIMENSION one of {', '.join(DIMENSIONS)}, got {item!r}"
+            )
+        filters.setdefault(cast(Breakdown, dimension), []).append(value)
+    return filters
 
 
 def _stage_json(name: str, index: int, summary: dict[str, Any], rows: list[dict[str, Any]], top: int) -> dict[str, Any]:

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Step = str | dict[str, str]
 Scope = Literal["journey", "session"]
-Breakdown = Literal["channel", "browser", "os", "device_type", "country", "network"]
+# The dimensions of breakdowns and segment filters (``analytics.DIMENSIONS`` says how each is read).
+Breakdown = Literal[
+    "channel",
+    "browser",
+    "os",
+    "device_type",
+    "country",
+    "network",
+    "campaign_source",
+    "campaign_medium",
+    "campaign_name",
+    "referrer_domain",
+    "entry_touchpoint",
+]
+SegmentValues = Annotated[list[Annotated[str, Field(max_length=2000)]], Field(min_length=1, max_length=1000)]
 Metric = Literal["response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "errors"]
 
 
@@ -19,7 +33,17 @@ class TimeRange(BaseModel):
     from_: datetime | None = Field(None, alias="from", description="ISO 8601; default 7 days ago")
     to: datetime | None = Field(None, description="ISO 8601; default now")
     window_seconds: int = Field(86_400, gt=0, le=90 * 86_400)
-    breakdown: Breakdown | None = None
+    breakdown: Breakdown | None = Field(
+        None,
+        description="split the answer by the value of each journey's (or session's) first touchpoint: "
+        "its channel, browser, …, campaign or referrer (first touch), or entry touchpoint",
+    )
+    filters: dict[Breakdown, SegmentValues] | None = Field(
+        None,
+        description="a segment: only the journeys (or sessions) whose first touchpoint has, for each "
+        'dimension given, one of the values listed, e.g. {"campaign_source": ["google"], "country": ["DE", "AT"]}; '
+        "the same units a breakdown by that dimension puts under those values ('' is none)",
+    )
     include_bots: bool = Field(
         False,
         description="count the events of crawlers, monitors and headless browsers (known by their user agent); "
@@ -42,6 +66,8 @@ class AbandonmentRequest(TimeRange):
                 "start": {"type": "page", "path": "/"},
                 "window_seconds": 86400,
                 "scope": "journey",
+                "filters": {"campaign_source": ["google", "bing"]},
+                "breakdown": "entry_touchpoint",
                 "limit": 10,
             }
         },
