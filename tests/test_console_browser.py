@@ -135,3 +135,72 @@ def test_the_page_is_served_with_a_strict_policy_and_a_refused_key_asks_again(up
     assert "the API key was refused" in dom
     assert re.search(r'<main id="panels" hidden', dom) and re.search(r'<form id="key-form"[^>]*>', dom)
     assert not re.search(r'<form id="key-form"[^>]*hidden', dom)
+
+
+def test_a_segment_applies_to_every_panel(up: Proc, tmp_path: Path) -> None:
+    """Three people came from a Google ad (two by the web, with Google as referrer), two from a
+    newsletter, one directly; with the segment "campaign source: google" the funnel, the
+    abandonment table and its breakdown by referrer, and the journey map hold the API's answers
+    for those three only."""
+    landing, buy = f"/ad-{uid('p')}", uid("Buy")
+    arrivals = [
+        ("google", "https://www.google.com/search?q=x", True),
+        ("google", "https://www.google.com/search?q=y", False),
+        ("google", "", False),
+        ("newsletter", "", True),
+        ("newsletter", "", False),
+        ("", "", True),
+    ]
+    events: list[dict[str, Any]] = []
+    for k, (source, referrer, buys) in enumerate(arrivals):
+        person = uid(f"visitor{k}")
+        page: dict[str, Any] = {"path": landing, "referrer": referrer}
+        context: dict[str, Any] = {"page": page, **({"campaign": {"source": source}} if source else {})}
+        events.append(
+            {
+                "event_id": uid("e"),
+                "type": "page",
+                "name": "Home",
+                "anonymous_id": person,
+                "timestamp": ago(30 - k),
+                "context": context,
+            }
+        )
+        if buys:
+            events.append(
+                {"event_id": uid("e"), "type": "track", "name": buy, "anonymous_id": person, "timestamp": ago(20 - k)}
+            )
+    assert up.post_batch(events).json()["accepted"] == len(events)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    steps = [{"type": "page", "path": landing}, buy]
+    google = {"campaign_source": ["google"]}
+
+    def google_funnel() -> dict[str, Any] | None:
+        body = {"steps": steps, "filters": google}
+        answer: dict[str, Any] = httpx.post(f"{up.url}/v1/funnels", json=body, headers=auth, timeout=30).json()
+        return answer if answer["steps"][0]["count"] == 3 else None
+
+    funnel = wait_for(google_funnel, 60, "the Google visitors stored")
+    assert [s["count"] for s in funnel["steps"]] == [3, 1]  # the truth, before the page is asked
+
+    state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "segment-by": "campaign_source"}
+    state.update({"segment-values": "google", "abandonment-breakdown": "referrer_domain"})
+    dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
+
+    assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
+    body = {"goal": buy, "limit": 15, "filters": google, "breakdown": "referrer_domain"}
+    answer = httpx.post(f"{up.url}/v1/abandonment", json=body, headers=auth, timeout=30).json()
+    assert (answer["journeys"], answer["converted"]) == (3, 1)
+    assert rows(dom, "abandonment", "touchpoint", "abandoned") == [
+        (p["touchpoint"], str(p["abandoned"])) for p in answer["points"]
+    ]
+    by_referrer = sorted(answer["breakdown"].items(), key=lambda kv: kv[1]["conversion_rate"])
+    assert [(k, v["journeys"]) for k, v in by_referrer] == [("", 1), ("google.com", 2)]
+    assert rows(dom, "suffers", "value", "journeys") == [(k, str(v["journeys"])) for k, v in by_referrer]
+    assert "(none: direct)" in dom
+    stages = httpx.get(
+        f"{up.url}/v1/journey-map", params={"filter": "campaign_source:google"}, headers=auth, timeout=30
+    ).json()["stages"]
+    assert stages[0]["people"] == 3
+    shown_stages = re.findall(r'<div class="stage" data-stage="([^"]+)" data-people="(\d+)"', dom)
+    assert shown_stages == [(s["stage"], str(s["people"])) for s in stages]

@@ -80,18 +80,26 @@
     if (m[1] === "page") return m[2].startsWith("/") ? {type: "page", path: m[2]} : {type: "page", name: m[2]};
     return m[1] === "screen" ? {type: "screen", name: m[2]} : {name: m[2]};
   }
+  // An empty value: no campaign or referrer means a direct visit; elsewhere it was not known.
+  const blank = (by) => (/^(campaign|referrer)/.test(by) ? "(none: direct)" : "(unknown)");
+  function segment() {  // {dimension: [values]} or null: the API's `filters`
+    const by = $("segment-by").value;
+    const values = $("segment-values").value.split(",").map((v) => v.trim()).filter((v) => v);
+    return by && values.length ? {[by]: values} : null;
+  }
   function range() {
     const days = Number($("period").value);
     const to = new Date();
+    const filters = segment();
     return {from: new Date(to - days * 86400000).toISOString(), to: to.toISOString(),
-      include_bots: $("include-bots").checked};
+      include_bots: $("include-bots").checked, ...(filters ? {filters} : {})};
   }
   const goal = () => ($("goal").value.trim() ? {goal: step($("goal").value)} : {});
   function remember() {
     const out = new URLSearchParams();
-    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
+    for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return", "segment-values"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
     for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period"]) out.set(id, $(id).value);
-    if ($("abandonment-breakdown").value) out.set("abandonment-breakdown", $("abandonment-breakdown").value);
+    for (const id of ["abandonment-breakdown", "segment-by"]) if ($(id).value) out.set(id, $(id).value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
   }
@@ -100,6 +108,7 @@
     return show("journey-map", async () => {
       const r = range();
       const query = new URLSearchParams({from: r.from, to: r.to, include_bots: String(r.include_bots)});
+      for (const [by, values] of Object.entries(r.filters || {})) for (const v of values) query.append("filter", `${by}:${v}`);
       const map = await api("/v1/journey-map?" + query);
       const first = (list, text) => (list && list.length ? el("li", {}, text(list[0])) : "");
       return el("div", {class: "stages"}, ...map.stages.map((s) => {
@@ -150,7 +159,7 @@
           groups.map(([value, g]) => {
             const top = (g.points || [])[0] || {};
             return el("tr", {"data-value": value, "data-journeys": g.journeys},
-              el("td", {}, value || "(unknown)"), el("td", {class: "n"}, count(g.journeys)),
+              el("td", {}, value || blank(by)), el("td", {class: "n"}, count(g.journeys)),
               el("td", {}, bar(g.conversion_rate), pct(g.conversion_rate)), el("td", {}, interval(g.conversion_rate_ci95)),
               el("td", {}, top.touchpoint ? `${top.touchpoint} · ${top.channel}` : ""), el("td", {class: "n"}, pct(top.share)),
               el("td", {class: "n"}, ms(top.median_response_ms)));
@@ -194,7 +203,7 @@
       const f = await api("/v1/funnels", body);
       const out = [funnelTable("funnel", f.steps)];
       for (const [value, rows] of Object.entries(f.breakdown || {})) {
-        out.push(el("h3", {}, `${$("breakdown").value}: ${value || "(unknown)"}`), funnelTable("funnel-" + value, rows));
+        out.push(el("h3", {}, `${$("breakdown").value}: ${value || blank($("breakdown").value)}`), funnelTable("funnel-" + value, rows));
       }
       return out;
     });
@@ -221,8 +230,10 @@
   function retention() {
     if (!$("cohort-start").value.trim()) return;
     return show("retention", async () => {
+      const filters = segment();
       const body = {start: step($("cohort-start").value), period: $("cohort-period").value, periods: 8,
-        include_bots: $("include-bots").checked, timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"};
+        include_bots: $("include-bots").checked, timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC",
+        ...(filters ? {filters} : {})};
       if ($("cohort-return").value.trim()) body.return = step($("cohort-return").value);
       const r = await api("/v1/retention", body);
       const head = ["cohort", "people", ...r.overall.map((o) => `${r.period} ${o.period}`)];
@@ -335,7 +346,7 @@
   on("retention-form", retention);
   on("correlation-form", correlation);
   on("journey-form", journey);
-  for (const id of ["period", "include-bots"]) $(id).addEventListener("change", run);
+  for (const id of ["period", "include-bots", "segment-by", "segment-values"]) $(id).addEventListener("change", run);
   $("goal").addEventListener("change", () => { remember(); abandonment(); paths(); correlation(); });
 
   ready();
