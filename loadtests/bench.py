@@ -28,9 +28,9 @@ import orjson
 
 from loadtests.generator import GOAL, beacon_events, generate
 from loadtests.sender import percentile
+from services.core.event_rows import event_row, event_values_json, pack_rows
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
-from services.sessionizer.rows import event_row, event_values_json
 from services.testing import kafka_broker
 from tests.harness import API_KEY, WRITE_KEY, Proc, new_proc
 
@@ -259,7 +259,7 @@ def sessionizer_run(data: Path, env: dict[str, str], expected: int, keep: bool =
 
 
 async def fill_devices(bootstrap: str, topic: str, devices: int) -> None:
-    """One event from each of ``devices`` new devices, as ingest writes them (one record per device)."""
+    """One event from each of ``devices`` new devices, as ingest writes them (one record of rows per device)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -283,7 +283,8 @@ async def fill_devices(bootstrap: str, topic: str, devices: int) -> None:
                 sent_at_ms=None,
                 ip="203.0.113.9",
             )
-            pending.append(await producer.send(topic, orjson.dumps([record]), key=f"shop\x00open-{i}".encode()))
+            value = next(pack_rows([event_values_json(event_row(record))]))
+            pending.append(await producer.send(topic, value, key=f"shop\x00open-{i}".encode()))
             if len(pending) >= 50_000:
                 await asyncio.gather(*pending)
                 pending.clear()

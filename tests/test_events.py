@@ -128,17 +128,19 @@ def test_partition_key_is_project_and_device() -> None:
     assert partition_key(rec) == b"p\x00dev-1"
 
 
-def test_pack_groups_records_under_the_size_limit() -> None:
+def test_pack_groups_rows_under_the_size_limit() -> None:
     import orjson
 
-    from services.ingest.app import PACK_BYTES, pack
+    from services.core.event_rows import PACK_BYTES, ROWS_PREFIX, pack_rows, unpack_rows
 
-    small = [orjson.dumps({"i": i}) for i in range(3)]
-    assert [orjson.loads(p) for p in pack(small)] == [[{"i": 0}, {"i": 1}, {"i": 2}]]
-    big = [orjson.dumps({"pad": "x" * (PACK_BYTES // 3)}) for _ in range(7)]
-    packs = list(pack(big))
-    assert len(packs) == 4 and all(len(p) <= PACK_BYTES for p in packs)
-    assert sum(len(orjson.loads(p)) for p in packs) == 7
+    small = [orjson.dumps([i, "a\nb"]) for i in range(3)]  # a newline in a text is escaped
+    assert [unpack_rows(p) for p in pack_rows(small)] == [small]
+    assert [orjson.loads(line) for line in small] == [[i, "a\nb"] for i in range(3)]
+    big = [orjson.dumps(["x" * (PACK_BYTES // 3)]) for _ in range(7)]
+    packs = list(pack_rows(big))
+    assert len(packs) == 4 and all(len(p) <= PACK_BYTES and p.startswith(ROWS_PREFIX) for p in packs)
+    assert [line for p in packs for line in unpack_rows(p) or []] == big
+    assert unpack_rows(orjson.dumps([{"kind": "event"}])) is None  # a record from before rows travelled
 
 
 def test_nesting_is_checked_to_exactly_sixteen_levels() -> None:

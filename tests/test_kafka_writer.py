@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi.testclient import TestClient
 
+from services.core.event_rows import rows_in
 from services.core.eventlog import open_writer
 from services.core.settings import Settings, load_projects
 from services.ingest.app import Ingest
@@ -107,7 +107,7 @@ def _committed_event_ids(bootstrap: str, topic: str) -> list[str]:
             while time.monotonic() < deadline:
                 batches = await consumer.getmany(timeout_ms=500)
                 for records in batches.values():
-                    ids += [e["event_id"] for r in records for e in orjson.loads(r.value)]
+                    ids += [row["event_id"] for r in records for row in rows_in(r.value)]
                 ends = await consumer.end_offsets(list(consumer.assignment()))
                 positions = {tp: await consumer.position(tp) for tp in ends}
                 if ends and all(positions[tp] >= end for tp, end in ends.items()):

@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
+from services.core.event_rows import event_row, event_values_json
 from services.core.eventlog import EmbeddedLog, LogRecord
 from services.core.events import normalize, now_ms
 from services.core.schema import CHANNEL_ID, EVENT_COLUMNS, MIGRATIONS, RETENTION_COLUMNS, TOUCHPOINT_ID
 from services.core.warehouse import Warehouse
 from services.sessionizer.pipeline import Pipeline, decode
-from services.sessionizer.rows import event_row, event_values_json
 
 
 def stored(raw: dict[str, Any], project: str) -> dict[str, Any]:
@@ -58,6 +58,47 @@ def test_retried_batch_is_stored_once(chdb_path: Path, tmp_path: Path) -> None:
     assert count == 5
     poison = wh.rows("SELECT error FROM rejected_events WHERE project = ''")
     assert len(poison) == 1 and "log record 0:5" in poison[0]["error"]
+
+
+def test_rows_from_ingest_decode_as_records_from_before_did() -> None:
+    """Ingest now sends each event's row; the sessionizer still reads records written before
+    (event records, the row built there). The same events give the same lines, keys, sessions,
+    links, late count and times either way."""
+    from services.core.event_rows import pack_rows
+
+    received = now_ms()
+    raws = [
+        {"type": "page", "anonymous_id": "eq-dev", "event_id": "eq1", "context": {"page": {"path": "/a"}}},
+        {"type": "identify", "anonymous_id": "eq-dev", "user_id": "eq-user", "event_id": "eq2"},
+        {
+            "type": "track",
+            "name": "Buy",
+            "anonymous_id": "eq-dev",
+            "user_id": "eq-user",
+            "event_id": "eq3",
+            "timing": {"response_ms": 812.5},
+            "error": {"kind": "js", "message": "x"},
+            "properties": {"n": [1, 2]},
+        },
+        {"type": "page", "anonymous_id": "eq-dev", "event_id": "eq4", "timestamp": "2020-01-01T00:00:00.007Z"},
+    ]
+    records = [normalize(r, project="eq", received_ms=received, sent_at_ms=None, ip="10.0.0.1") for r in raws]
+    assert records[-1]["late"]
+    old = decode([LogRecord(0, 0, 1, b"k", orjson.dumps(records))])
+    lines = [event_values_json(event_row(r)) for r in records]
+    new = decode([LogRecord(0, 0, 1, b"k", value) for value in pack_rows(lines)])
+    assert new.events == old.events == lines
+    assert new.event_keys == old.event_keys
+    assert new.sessions == old.sessions and len(new.sessions) == 3
+    assert new.links == old.links and len(new.links) == 1
+    assert (
+        (new.late, new.newest_received_ms, new.oldest_received_ms)
+        == (old.late, received, received)
+        == (1, received, received)
+    )
+    assert not new.rejected
+    broken = decode([LogRecord(0, 1, 2, b"k", next(pack_rows([b'["too", "short"]'])))])
+    assert not broken.events and "not a row of the events table" in broken.rejected[0][3]
 
 
 def test_event_rows_fill_every_column_of_the_schema() -> None:

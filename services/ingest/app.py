@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.core.event_rows import event_row, event_values_json, pack_rows
 from services.core.eventlog import LogOutcomeUnknown, LogUnavailable, LogWriter
 from services.core.events import (
     InvalidEvent,
@@ -58,7 +59,6 @@ IN_FLIGHT = Gauge(
     "touchpoint_ingest_in_flight_requests", "Requests waiting for the event log", multiprocess_mode="livesum"
 )
 RETRY_AFTER_SECONDS = 5
-PACK_BYTES = 256 * 1024  # well under Kafka's default 1 MiB message limit
 UNSTORABLE = "holds a value that cannot be stored (an integer beyond 64 bits, or invalid text)"
 
 
@@ -91,20 +91,6 @@ def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> A
 
 def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> Answer:
     return _json(status, {"error": detail}, headers)
-
-
-def pack(values: list[bytes]) -> Iterator[bytes]:
-    """One device's records of one request as JSON arrays of at most PACK_BYTES each.
-
-    Why: a log record per event costs the Kafka client ~20 µs each way; a batch
-    from one tracker becomes one record, and the sessionizer unpacks it."""
-    start, size = 0, 2
-    for i, value in enumerate(values):
-        if size + len(value) > PACK_BYTES and i > start:
-            yield b"[" + b",".join(values[start:i]) + b"]"
-            start, size = i, 2
-        size += len(value) + 1
-    yield b"[" + b",".join(values[start:]) + b"]"
 
 
 def safe_payload(raw: Any) -> Any:
@@ -348,7 +334,7 @@ class Ingest:
 
     def _records(self, project: Project, events: list[Any], sent_at: int | None, ip: str, received: int) -> Prepared:
         """Validate every event; valid ones packed per device, invalid ones as dead letters."""
-        packs: dict[bytes, list[bytes]] = {}  # partition key → serialised records
+        packs: dict[bytes, list[bytes]] = {}  # partition key → the rows of its events
         rejected: list[dict[str, Any]] = []
         dead_letters: list[tuple[bytes, bytes]] = []
         event_ids: list[str | None] = []
@@ -368,7 +354,8 @@ class Ingest:
                     untimed_ms=untimed[index],
                 )
                 record["geo"] = self.geo.lookup(record["ip"])
-                value = orjson.dumps(record)  # first: an event that cannot be stored is refused here
+                row = event_row(record)  # the events table's row, built once, here
+                value = event_values_json(row)  # first: an event that cannot be stored is refused here
                 if len(value) > max_event:
                     raise InvalidEvent("event", f"larger than {max_event} bytes once stored; trim properties")
                 device = partition_key(record)
@@ -376,8 +363,8 @@ class Ingest:
                 if sent is not None:
                     at = after_tie(sent, record["timestamp"], last_times.get(device))
                     if at != record["timestamp"]:  # a tie: moved by a millisecond or so
-                        record["timestamp"] = at
-                        value = orjson.dumps(record)
+                        row["timestamp"] = at / 1000
+                        value = event_values_json(row)
                     last_times[device] = (sent, at)
             except orjson.JSONEncodeError:
                 problem = InvalidEvent("event", UNSTORABLE)
@@ -392,7 +379,7 @@ class Ingest:
             REJECTED.labels(problem.field).inc()
             dead = rejected_record(project.id, index, str(problem), safe_payload(raw_event), received)
             dead_letters.append((project.id.encode(), orjson.dumps(dead)))
-        records = [(key, value) for key, values in packs.items() for value in pack(values)]
+        records = [(key, value) for key, values in packs.items() for value in pack_rows(values)]
         return Prepared(records, dead_letters, rejected, event_ids)
 
     async def _append(self, prepared: Prepared, cors: Mapping[str, str]) -> Answer | None:

@@ -21,6 +21,7 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.core.erasure import ErasedOwners, Erasure, Owner
+from services.core.event_rows import event_row, event_values_json, unpack_rows
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
@@ -28,7 +29,21 @@ from services.core.warehouse import Warehouse
 
 from .erasures import ErasureGuard
 from .open_sessions import OpenSessions
-from .rows import dead_letter_owner, event_row, event_values_json, link_rows, owners_of, rejected_row, session_event
+from .rows import (
+    ANONYMOUS_ID_AT,
+    EVENT_ID_AT,
+    IS_LATE_AT,
+    PROJECT_AT,
+    RECEIVED_AT_AT,
+    TIMESTAMP_AT,
+    USER_ID_AT,
+    dead_letter_owner,
+    link_rows,
+    owners_of,
+    rejected_row,
+    session_event,
+    session_event_of_line,
+)
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -154,8 +169,12 @@ def decode(records: list[LogRecord]) -> Decoded:
     event_records: list[dict[str, Any]] = []
     for record in records:
         try:
+            lines = unpack_rows(record.value)
+            if lines is not None:  # rows built by ingest: the lines go to ClickHouse as they are
+                _decode_rows(lines, out, event_records)
+                continue
             value = orjson.loads(record.value)
-            # Ingest packs one request's events for one device into one log record (a list).
+            # Before rows travelled: one request's event records for one device (a list).
             for item in value if isinstance(value, list) else (value,):
                 kind = item.get("kind")
                 if kind == "event":
@@ -191,6 +210,39 @@ def decode(records: list[LogRecord]) -> Decoded:
             )
     out.links = link_rows(event_records)
     return out
+
+
+_ROW_WIDTH = len(EVENT_COLUMNS)
+
+
+def _decode_rows(lines: list[bytes], out: Decoded, link_records: list[dict[str, Any]]) -> None:
+    """The rows of one log record into ``out``: each line as it is, with the few fields that
+    sessions, links, erasures and the ingestion delay need read from it."""
+    for line in lines:
+        values = orjson.loads(line)
+        if not isinstance(values, list) or len(values) != _ROW_WIDTH:
+            raise ValueError(f"not a row of the events table: {line[:200]!r}")
+        out.events.append(line)
+        anonymous_id, user_id = values[ANONYMOUS_ID_AT], values[USER_ID_AT]
+        out.event_keys.append((values[PROJECT_AT], anonymous_id, values[EVENT_ID_AT]))
+        received = round(values[RECEIVED_AT_AT] * 1000)
+        if received > out.newest_received_ms:
+            out.newest_received_ms = received
+        if received < out.oldest_received_ms:
+            out.oldest_received_ms = received
+        if values[IS_LATE_AT]:
+            out.late += 1  # stored and flagged: sessions that old are final
+        else:
+            out.sessions.append(session_event_of_line(values))
+        if anonymous_id and user_id:
+            link_records.append(
+                {
+                    "project": values[PROJECT_AT],
+                    "anonymous_id": anonymous_id,
+                    "user_id": user_id,
+                    "timestamp": round(values[TIMESTAMP_AT] * 1000),
+                }
+            )
 
 
 def batch_token(records: list[LogRecord], table: str) -> str:
