@@ -22,7 +22,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -89,6 +89,19 @@ def _links(anonymous_id: str, links: Mapping[str, int]) -> list[Link]:
     return [Link(anonymous_id, user_id, first, first) for user_id, first in links.items()]
 
 
+@dataclass
+class Fold:
+    """A batch folded into the sessions held, not yet written (``OpenSessions.fold``)."""
+
+    generation: int
+    by_device: dict[tuple[str, str], list[Mapping[str, Any]]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    updates: dict[tuple[str, str], _Device | None] = field(default_factory=dict)
+    timed_out: list[dict[str, Any]] = field(default_factory=list)  # signalled once the rows are written
+    slow: dict[str, list[tuple[str, list[Mapping[str, Any]]]]] = field(default_factory=dict)  # to recompute
+    newest_ts: int = 0
+
+
 class OpenSessions:
     def __init__(
         self,
@@ -131,26 +144,43 @@ class OpenSessions:
         """Blocking: fold the batch's (already stored) events into sessions; write the rows.
 
         Returns the number of session rows written."""
-        generation = self._generation
-        by_device: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        return self.finish(self.fold(events))
+
+    def fold(self, events: Sequence[Mapping[str, Any]]) -> Fold:
+        """Python alone, no ClickHouse: fold the batch's events into the sessions held (the
+        cheap path), so it can run while ClickHouse stores the same events. ``finish`` does the
+        rest once they are stored; ``discard`` when they could not be."""
+        fold = Fold(self._generation)
         for event in events:
-            by_device.setdefault((str(event["project"]), device_of(event)), []).append(event)
-        rows: list[dict[str, Any]] = []
-        updates: dict[tuple[str, str], _Device | None] = {}
-        timed_out: list[dict[str, Any]] = []  # signalled once the rows are written
-        slow: dict[str, list[tuple[str, list[Mapping[str, Any]]]]] = {}
-        for key, device_events in by_device.items():
-            device_events.sort(key=event_key)
-            if not self._extend(key, device_events, rows, updates, timed_out):
-                slow.setdefault(key[0], []).append((key[1], device_events))
-        for project, items in slow.items():
+            fold.by_device.setdefault((str(event["project"]), device_of(event)), []).append(event)
+        try:
+            for key, device_events in fold.by_device.items():
+                device_events.sort(key=event_key)
+                if not self._extend(key, device_events, fold.rows, fold.updates, fold.timed_out):
+                    fold.slow.setdefault(key[0], []).append((key[1], device_events))
+        except BaseException:
+            self.discard(fold)
+            raise
+        fold.newest_ts = max((int(e["timestamp"]) for e in events), default=0)
+        return fold
+
+    def discard(self, fold: Fold) -> None:
+        """The batch was not stored: its devices' summaries may hold its events; let go of them."""
+        for key in fold.by_device:
+            self._held.pop(key, None)
+
+    def finish(self, fold: Fold) -> int:
+        """Blocking, once the batch's events are stored: recompute the devices the cheap path
+        could not extend (from storage), write every session row, keep the new state."""
+        rows, updates, timed_out = fold.rows, fold.updates, fold.timed_out
+        generation = fold.generation
+        for project, items in fold.slow.items():
             RECOMPUTED.inc(len(items))
             self._recompute(project, items, rows, updates)
         try:
             self.warehouse.insert_json("sessions", [orjson.dumps(r) for r in rows], SESSION_COLUMNS)
         except Exception:
-            for key in by_device:  # the summaries may hold events whose rows were not written
-                self._held.pop(key, None)
+            self.discard(fold)
             raise
         SESSIONS_WRITTEN.inc(len(rows))
         self._signals.extend(timed_out)
@@ -162,8 +192,8 @@ class OpenSessions:
                     self._held[key] = state
                     self._held.move_to_end(key)
                     self._watch(key, state)
-            if events:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
-                newest = min(max(int(e["timestamp"]) for e in events), time.time_ns() // 1_000_000)
+            if fold.by_device:  # event time, but never ahead of the clock (a device's clock may be a day ahead)
+                newest = min(fold.newest_ts, time.time_ns() // 1_000_000)
                 self._newest_ts = max(self._newest_ts, newest)
             self._signal_timeouts()
             self._sweep()
