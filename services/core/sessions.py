@@ -64,11 +64,13 @@ def starts_new_session(
     session never holds two people, so a shared device's sessions each belong to one of them."""
     if int(event["timestamp"]) - ended_at > timeout_ms:
         return True
-    campaign = campaign_of(event)
-    if any(campaign) and campaign != first_campaign:
+    has_campaign = event.get("campaign_source") or event.get("campaign_medium") or event.get("campaign_name")
+    if has_campaign and campaign_of(event) != first_campaign:
         return True
+    if not user_id or not event.get("user_id"):  # most events: no user to compare
+        return False
     user = identified_user(event)
-    return bool(user and user_id and user != user_id)
+    return bool(user and user != user_id)
 
 
 def session_id(project: str, device: str, first_event_id: str) -> str:
@@ -289,16 +291,23 @@ class SessionSummary:
             and (not user or not self.user_id or user == self.user_id)
         )
 
-    def add(self, event: Mapping[str, Any]) -> None:
-        """Fold in an event that belongs to this session (``continues_with`` or ``holds_inside``)."""
-        key = event_key(event)
-        self.ended_at = max(self.ended_at, key[0])
-        self.last_key = max(self.last_key, key)
+    def add(self, event: Mapping[str, Any], key: tuple[int, str] | None = None) -> None:
+        """Fold in an event that belongs to this session (``continues_with`` or ``holds_inside``);
+        ``key`` is its ``event_key`` when the caller has it. It runs once per event stored, so it
+        compares instead of calling ``max`` and asks for the user only of events naming one."""
+        if key is None:
+            key = event_key(event)
+        if key[0] > self.ended_at:
+            self.ended_at = key[0]
+        if key > self.last_key:
+            self.last_key = key
         self.events += 1
-        user_id = identified_user(event)
-        if user_id and (not self.user_id or key < self.user_key):
-            self.user_id, self.user_key = user_id, key
-        if event.get("type") == "page":
+        if event.get("user_id"):
+            user_id = identified_user(event)
+            if user_id and (not self.user_id or key < self.user_key):
+                self.user_id, self.user_key = user_id, key
+        event_type = event.get("type")
+        if event_type == "page":
             self.pageviews += 1
         if event.get("error_kind"):
             self.errors += 1
@@ -307,8 +316,9 @@ class SessionSummary:
             if self.response_median is None:
                 self.response_median = RunningMedian()
             self.response_median.add(float(response))
-            self.response_max = float(response) if self.response_max is None else max(self.response_max, response)
-        if event.get("type") != "identify":
+            if self.response_max is None or response > self.response_max:
+                self.response_max = float(response)
+        if event_type != "identify":
             label = label_of(event)
             if not self.entry or key < self.entry_key:
                 self.entry, self.entry_key = label, key

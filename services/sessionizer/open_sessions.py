@@ -311,8 +311,8 @@ class OpenSessions:
         if len(set(ids)) < len(ids) or any(i in state.newest.seen for i in ids):
             return False  # a resent event (or a hash collision): the stored events say which copy counts
         for event in events:
-            user_id = identified_user(event)
-            if event.get("anonymous_id") and user_id:
+            user_id = identified_user(event) if event.get("user_id") else ""
+            if user_id and event.get("anonymous_id"):
                 first = state.links.get(user_id)
                 if first is None or int(event["timestamp"]) < first:
                     return False  # a new link may change whose earlier sessions were
@@ -321,13 +321,14 @@ class OpenSessions:
         touched = [state.newest]
         for event in events:  # in key order
             current = touched[-1]
-            if event_key(event) > current.last_key:
+            order = event_key(event)
+            if order > current.last_key:
                 if current.continues_with(event, timeout):
-                    current.add(event)
+                    current.add(event, order)
                 else:
                     touched.append(SessionSummary(event))
             elif current.holds_inside(event):
-                current.add(event)  # out of order by a little (concurrent requests): inside the session
+                current.add(event, order)  # out of order by a little (concurrent requests): inside the session
             else:  # before the session, or splitting it: recompute (the summary may hold some events now)
                 self._held.pop(key, None)
                 return False
