@@ -28,7 +28,7 @@ import orjson
 
 from loadtests.generator import GOAL, beacon_events, generate
 from loadtests.sender import percentile
-from services.core.event_rows import event_row, event_values_json, pack_rows
+from services.core.event_rows import event_head, event_row, event_values_json, pack_rows
 from services.core.events import normalize, now_ms
 from services.core.schema import EVENT_COLUMNS
 from services.testing import kafka_broker
@@ -283,7 +283,8 @@ async def fill_devices(bootstrap: str, topic: str, devices: int) -> None:
                 sent_at_ms=None,
                 ip="203.0.113.9",
             )
-            value = next(pack_rows([event_values_json(event_row(record))]))
+            row = event_row(record)
+            value = next(pack_rows([(event_values_json(row), event_head(row))]))
             pending.append(await producer.send(topic, value, key=f"shop\x00open-{i}".encode()))
             if len(pending) >= 50_000:
                 await asyncio.gather(*pending)

@@ -131,16 +131,25 @@ def test_partition_key_is_project_and_device() -> None:
 def test_pack_groups_rows_under_the_size_limit() -> None:
     import orjson
 
-    from services.core.event_rows import PACK_BYTES, ROWS_PREFIX, pack_rows, unpack_rows
+    from services.core.event_rows import HEAD_FIELDS, PACK_BYTES, ROWS_PREFIX, pack_rows, unpack_rows
 
-    small = [orjson.dumps([i, "a\nb"]) for i in range(3)]  # a newline in a text is escaped
-    assert [unpack_rows(p) for p in pack_rows(small)] == [small]
-    assert [orjson.loads(line) for line in small] == [[i, "a\nb"] for i in range(3)]
-    big = [orjson.dumps(["x" * (PACK_BYTES // 3)]) for _ in range(7)]
+    head = [0] * len(HEAD_FIELDS)
+    small = [(orjson.dumps([i, "a\nb"]), [*head[:-1], i]) for i in range(3)]  # a newline in a text is escaped
+    assert [unpack_rows(p) for p in pack_rows(small)] == [([h for _, h in small], [line for line, _ in small])]
+    big = [(orjson.dumps(["x" * (PACK_BYTES // 3)]), head) for _ in range(7)]
     packs = list(pack_rows(big))
-    assert len(packs) == 4 and all(len(p) <= PACK_BYTES and p.startswith(ROWS_PREFIX) for p in packs)
-    assert [line for p in packs for line in unpack_rows(p) or []] == big
+    assert len(packs) == 4 and all(p.startswith(ROWS_PREFIX) for p in packs)
+    unpacked = [unpack_rows(p) for p in packs]
+    assert [line for u in unpacked if u for line in u[1]] == [line for line, _ in big]
+    assert all(sum(len(line) for line in u[1]) <= PACK_BYTES for u in unpacked if u)
     assert unpack_rows(orjson.dumps([{"kind": "event"}])) is None  # a record from before rows travelled
+    for broken in (
+        ROWS_PREFIX + b"[]\n[1]",  # a row without its head
+        ROWS_PREFIX + orjson.dumps([[1, 2]]) + b"\n[1]",  # a head of the wrong shape
+        ROWS_PREFIX + orjson.dumps([head]) + b"\n{}",  # a row that is not an array
+    ):
+        with pytest.raises(ValueError):
+            unpack_rows(broken)
 
 
 def test_nesting_is_checked_to_exactly_sixteen_levels() -> None:

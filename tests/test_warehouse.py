@@ -64,7 +64,7 @@ def test_rows_from_ingest_decode_as_records_from_before_did() -> None:
     """Ingest now sends each event's row; the sessionizer still reads records written before
     (event records, the row built there). The same events give the same lines, keys, sessions,
     links, late count and times either way."""
-    from services.core.event_rows import pack_rows
+    from services.core.event_rows import event_head, pack_rows
 
     received = now_ms()
     raws = [
@@ -85,8 +85,14 @@ def test_rows_from_ingest_decode_as_records_from_before_did() -> None:
     records = [normalize(r, project="eq", received_ms=received, sent_at_ms=None, ip="10.0.0.1") for r in raws]
     assert records[-1]["late"]
     old = decode([LogRecord(0, 0, 1, b"k", orjson.dumps(records))])
-    lines = [event_values_json(event_row(r)) for r in records]
-    new = decode([LogRecord(0, 0, 1, b"k", value) for value in pack_rows(lines)])
+    rows = [event_row(r) for r in records]
+    lines = [event_values_json(row) for row in rows]
+    new = decode(
+        [
+            LogRecord(0, 0, 1, b"k", v)
+            for v in pack_rows([(line, event_head(row)) for line, row in zip(lines, rows, strict=True)])
+        ]
+    )
     assert new.events == old.events == lines
     assert new.event_keys == old.event_keys
     assert new.sessions == old.sessions and len(new.sessions) == 3
@@ -97,8 +103,8 @@ def test_rows_from_ingest_decode_as_records_from_before_did() -> None:
         == (1, received, received)
     )
     assert not new.rejected
-    broken = decode([LogRecord(0, 1, 2, b"k", next(pack_rows([b'["too", "short"]'])))])
-    assert not broken.events and "not a row of the events table" in broken.rejected[0][3]
+    broken = decode([LogRecord(0, 1, 2, b"k", next(pack_rows([(b'{"not": "a row"}', event_head(rows[0]))])))])
+    assert not broken.events and "not a JSON array" in broken.rejected[0][3]
 
 
 def test_event_rows_fill_every_column_of_the_schema() -> None:

@@ -1,57 +1,84 @@
 """An event's row of the events table, and how rows travel in the event log.
 
 Ingest builds each event's row once, where it validated the event, and packs one device's rows
-of one request into one log record: ``ROWS_PREFIX`` and the rows as ``JSONCompactEachRow``
-lines (values in ``EVENT_COLUMNS`` order). The sessionizer hands those lines to ClickHouse as
-they are and reads only the few fields a session needs. Building the row in the sessionizer
-instead (its one Python thread, one event after another) was most of its time per event.
+of one request into one log record: ``ROWS_PREFIX``, one line with each event's *head* (the
+fields sessions, identity links, erasures and the ingestion delay need: ``HEAD_FIELDS``), then
+the rows as ``JSONCompactEachRow`` lines (values in ``EVENT_COLUMNS`` order). The sessionizer
+hands the row lines to ClickHouse as they are and parses only the heads: building the row in
+the sessionizer (its one Python thread, one event after another) was most of its time per
+event, and parsing a whole row for a session's fields a fifth of what was left.
 Records written before rows travelled (a JSON array of event records) are still read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
 import orjson
 
 from .schema import EVENT_COLUMNS
+from .sessions import SESSION_EVENT_FIELDS
 
 # A log record of rows starts with this: not JSON, so never mistaken for an older record.
 ROWS_PREFIX: Final = b"TPR1\n"
-PACK_BYTES: Final = 256 * 1024  # a record's most bytes: well under Kafka's default 1 MiB message limit
+PACK_BYTES: Final = 192 * 1024  # a record's most bytes of rows: with the heads, well under Kafka's 1 MiB
+# An event's head: what sessionization reads (times in ms), then when ingest received it and
+# whether it came later than the allowed lateness.
+HEAD_FIELDS: Final = (*SESSION_EVENT_FIELDS, "received_at", "is_late")
+_MS_FIELDS: Final = frozenset({"timestamp", "received_at"})  # epoch seconds in the row, ms in the head
 
 
-def pack_rows(lines: list[bytes]) -> Iterator[bytes]:
-    """One device's rows of one request as log records of at most PACK_BYTES each (unless one
-    row alone is larger).
+def event_head(row: Mapping[str, Any]) -> list[Any]:
+    """The head of an event, from its row."""
+    return [round(row[f] * 1000) if f in _MS_FIELDS else row[f] for f in HEAD_FIELDS]
+
+
+def pack_rows(events: Sequence[tuple[bytes, list[Any]]]) -> Iterator[bytes]:
+    """One device's events of one request, as (row line, head), in log records of at most
+    PACK_BYTES of rows each (unless one row alone is larger).
 
     Why: a log record per event costs the Kafka client ~20 µs each way; a batch from one
     tracker becomes one record, and the sessionizer unpacks it. JSON text never holds a raw
-    newline (it is escaped in strings), so a newline separates rows."""
-    start, size = 0, len(ROWS_PREFIX)
-    for i, line in enumerate(lines):
+    newline (it is escaped in strings), so a newline separates the lines."""
+    start, size = 0, 0
+    for i, (line, _) in enumerate(events):
         if size + len(line) > PACK_BYTES and i > start:
-            yield ROWS_PREFIX + b"\n".join(lines[start:i])
-            start, size = i, len(ROWS_PREFIX)
+            yield _record(events[start:i])
+            start, size = i, 0
         size += len(line) + 1
-    yield ROWS_PREFIX + b"\n".join(lines[start:])
+    yield _record(events[start:])
 
 
-def unpack_rows(value: bytes) -> list[bytes] | None:
-    """The rows of a log record, or None when it is not a record of rows."""
+def _record(events: Sequence[tuple[bytes, list[Any]]]) -> bytes:
+    heads = orjson.dumps([head for _, head in events])
+    return ROWS_PREFIX + heads + b"\n" + b"\n".join(line for line, _ in events)
+
+
+def unpack_rows(value: bytes) -> tuple[list[list[Any]], list[bytes]] | None:
+    """The heads and the row lines of a log record, or None when it is not a record of rows."""
     if not value.startswith(ROWS_PREFIX):
         return None
-    return value[len(ROWS_PREFIX) :].split(b"\n")
+    heads_line, _, rest = value[len(ROWS_PREFIX) :].partition(b"\n")
+    heads = orjson.loads(heads_line)
+    lines = rest.split(b"\n")
+    if not isinstance(heads, list) or len(heads) != len(lines):
+        raise ValueError(f"a record of rows whose heads do not match its {len(lines)} rows")
+    width = len(HEAD_FIELDS)
+    if any(not isinstance(h, list) or len(h) != width for h in heads):
+        raise ValueError("a record of rows with a head of the wrong shape")
+    if any(not (line.startswith(b"[") and line.endswith(b"]")) for line in lines):
+        raise ValueError("a record of rows with a row that is not a JSON array")
+    return heads, lines
 
 
 def rows_in(value: bytes) -> list[dict[str, Any]]:
     """Each row of a log record of rows as {column: value}: for tools and tests reading the log."""
-    lines = unpack_rows(value)
-    if lines is None:
+    unpacked = unpack_rows(value)
+    if unpacked is None:
         raise ValueError("not a log record of rows")
-    return [dict(zip(EVENT_COLUMNS, orjson.loads(line), strict=True)) for line in lines]
+    return [dict(zip(EVENT_COLUMNS, orjson.loads(line), strict=True)) for line in unpacked[1]]
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -157,5 +184,3 @@ def event_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "properties": record.get("properties") or _EMPTY,
         "context": context,
     }
-
-

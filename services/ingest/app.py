@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.core.event_rows import event_row, event_values_json, pack_rows
+from services.core.event_rows import event_head, event_row, event_values_json, pack_rows
 from services.core.eventlog import LogOutcomeUnknown, LogUnavailable, LogWriter
 from services.core.events import (
     InvalidEvent,
@@ -334,7 +334,7 @@ class Ingest:
 
     def _records(self, project: Project, events: list[Any], sent_at: int | None, ip: str, received: int) -> Prepared:
         """Validate every event; valid ones packed per device, invalid ones as dead letters."""
-        packs: dict[bytes, list[bytes]] = {}  # partition key → the rows of its events
+        packs: dict[bytes, list[tuple[bytes, list[Any]]]] = {}  # partition key → its events' (row, head)
         rejected: list[dict[str, Any]] = []
         dead_letters: list[tuple[bytes, bytes]] = []
         event_ids: list[str | None] = []
@@ -371,7 +371,7 @@ class Ingest:
             except InvalidEvent as invalid:
                 problem = invalid
             else:
-                packs.setdefault(device, []).append(value)
+                packs.setdefault(device, []).append((value, event_head(row)))
                 event_ids.append(record["event_id"])
                 continue
             event_ids.append(None)

@@ -22,29 +22,16 @@ import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.core.erasure import ErasedOwners, Erasure, Owner
-from services.core.event_rows import event_row, event_values_json, unpack_rows
+from services.core.event_rows import HEAD_FIELDS, event_row, event_values_json, unpack_rows
 from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
+from services.core.sessions import SESSION_EVENT_FIELDS
 from services.core.warehouse import Warehouse
 
 from .erasures import ErasureGuard
 from .open_sessions import OpenSessions
-from .rows import (
-    ANONYMOUS_ID_AT,
-    EVENT_ID_AT,
-    IS_LATE_AT,
-    PROJECT_AT,
-    RECEIVED_AT_AT,
-    TIMESTAMP_AT,
-    USER_ID_AT,
-    dead_letter_owner,
-    link_rows,
-    owners_of,
-    rejected_row,
-    session_event,
-    session_event_of_line,
-)
+from .rows import dead_letter_owner, link_rows, owners_of, rejected_row, session_event
 
 log = logging.getLogger("touchpoint.sessionizer")
 
@@ -170,9 +157,9 @@ def decode(records: list[LogRecord]) -> Decoded:
     event_records: list[dict[str, Any]] = []
     for record in records:
         try:
-            lines = unpack_rows(record.value)
-            if lines is not None:  # rows built by ingest: the lines go to ClickHouse as they are
-                _decode_rows(lines, out, event_records)
+            rows = unpack_rows(record.value)
+            if rows is not None:  # rows built by ingest: the lines go to ClickHouse as they are
+                _decode_rows(*rows, out, event_records)
                 continue
             value = orjson.loads(record.value)
             # Before rows travelled: one request's event records for one device (a list).
@@ -213,35 +200,37 @@ def decode(records: list[LogRecord]) -> Decoded:
     return out
 
 
-_ROW_WIDTH = len(EVENT_COLUMNS)
+# Where _decode_rows finds its fields in an event's head (services/core/event_rows.py).
+_AT = {name: i for i, name in enumerate(HEAD_FIELDS)}
+_PROJECT, _EVENT_ID, _ANONYMOUS_ID, _USER_ID, _TIMESTAMP = (
+    _AT[f] for f in ("project", "event_id", "anonymous_id", "user_id", "timestamp")
+)
+_RECEIVED_AT, _IS_LATE = _AT["received_at"], _AT["is_late"]
 
 
-def _decode_rows(lines: list[bytes], out: Decoded, link_records: list[dict[str, Any]]) -> None:
-    """The rows of one log record into ``out``: each line as it is, with the few fields that
-    sessions, links, erasures and the ingestion delay need read from it."""
-    for line in lines:
-        values = orjson.loads(line)
-        if not isinstance(values, list) or len(values) != _ROW_WIDTH:
-            raise ValueError(f"not a row of the events table: {line[:200]!r}")
-        out.events.append(line)
-        anonymous_id, user_id = values[ANONYMOUS_ID_AT], values[USER_ID_AT]
-        out.event_keys.append((values[PROJECT_AT], anonymous_id, values[EVENT_ID_AT]))
-        received = round(values[RECEIVED_AT_AT] * 1000)
+def _decode_rows(heads: list[list[Any]], lines: list[bytes], out: Decoded, link_records: list[dict[str, Any]]) -> None:
+    """The rows of one log record into ``out``: each line as it is; sessions, links, erasures
+    and the ingestion delay read the event's head."""
+    out.events.extend(lines)
+    for head in heads:
+        anonymous_id, user_id = head[_ANONYMOUS_ID], head[_USER_ID]
+        out.event_keys.append((head[_PROJECT], anonymous_id, head[_EVENT_ID]))
+        received = head[_RECEIVED_AT]
         if received > out.newest_received_ms:
             out.newest_received_ms = received
         if received < out.oldest_received_ms:
             out.oldest_received_ms = received
-        if values[IS_LATE_AT]:
+        if head[_IS_LATE]:
             out.late += 1  # stored and flagged: sessions that old are final
         else:
-            out.sessions.append(session_event_of_line(values))
+            out.sessions.append(dict(zip(SESSION_EVENT_FIELDS, head, strict=False)))  # the head starts with them
         if anonymous_id and user_id:
             link_records.append(
                 {
-                    "project": values[PROJECT_AT],
+                    "project": head[_PROJECT],
                     "anonymous_id": anonymous_id,
                     "user_id": user_id,
-                    "timestamp": round(values[TIMESTAMP_AT] * 1000),
+                    "timestamp": head[_TIMESTAMP],
                 }
             )
 

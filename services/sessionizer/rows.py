@@ -27,19 +27,10 @@ def session_event(record: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str
     return out
 
 
-# Where the fields of a session and of an identity link sit in an events line (EVENT_COLUMNS order).
-_SESSION_FIELDS = tuple((name, EVENT_COLUMNS.index(name)) for name in SESSION_EVENT_FIELDS if name != "timestamp")
-PROJECT_AT, ANONYMOUS_ID_AT, USER_ID_AT, EVENT_ID_AT, TIMESTAMP_AT, RECEIVED_AT_AT, IS_LATE_AT = (
-    EVENT_COLUMNS.index(c)
-    for c in ("project", "anonymous_id", "user_id", "event_id", "timestamp", "received_at", "is_late")
+# Where an erasure's rule finds its fields in an events line (EVENT_COLUMNS order).
+_PROJECT, _ANONYMOUS_ID, _USER_ID, _TIMESTAMP, _RECEIVED_AT = (
+    EVENT_COLUMNS.index(c) for c in ("project", "anonymous_id", "user_id", "timestamp", "received_at")
 )
-
-
-def session_event_of_line(values: Sequence[Any]) -> dict[str, Any]:
-    """What sessionization needs of one event (its time in ms), from its events line's values."""
-    out = {name: values[i] for name, i in _SESSION_FIELDS}
-    out["timestamp"] = round(values[TIMESTAMP_AT] * 1000)
-    return out
 
 
 def link_rows(records: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
@@ -87,11 +78,11 @@ def owners_of(lines: list[bytes]) -> list[Owner]:
         v = orjson.loads(line)
         out.append(
             (
-                v[PROJECT_AT],
-                v[ANONYMOUS_ID_AT],
-                v[USER_ID_AT],
-                round(v[TIMESTAMP_AT] * 1000),
-                round(v[RECEIVED_AT_AT] * 1000),
+                v[_PROJECT],
+                v[_ANONYMOUS_ID],
+                v[_USER_ID],
+                round(v[_TIMESTAMP] * 1000),
+                round(v[_RECEIVED_AT] * 1000),
             )
         )
     return out
