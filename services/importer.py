@@ -34,6 +34,7 @@ from services.core.events import InvalidEvent, parse_time_ms
 from services.ingest.segment import from_segment
 
 BATCH_EVENTS: Final = 1000
+GROW_AFTER: Final = 10  # batches taken in a row before the importer tries batches twice as large
 BATCH_BYTES: Final = 900_000  # under ingest's 1 MiB body limit
 RETRY_STATUSES: Final = (429, 503, 504)
 MAX_TRIES: Final = 8
@@ -193,7 +194,12 @@ def import_lines(
     """Send every line's event to ``url`` (``…/v1/batch``); what happened to each, counted."""
     result = ImportResult()
     started = last_said = time.monotonic()
-    cap = BATCH_EVENTS  # halved while the collector answers 413: its limits are its own
+    # Halved while the collector answers 413 (its limits are its own); back to the largest batch
+    # it took once a single event alone was too large, and doubled again after a run of batches
+    # taken, so one oversize event does not leave the rest of the file going one by one.
+    cap = BATCH_EVENTS
+    taken_largest = 1
+    taken_since_413 = 0
     with httpx.Client(timeout=httpx.Timeout(60.0)) as client:
         for numbers, events in batches(prepared(lines, result, lateness_ms)):
             done = 0
@@ -202,12 +208,18 @@ def import_lines(
                 try:
                     answer = send_batch(client, url, write_key, piece)
                 except TooLarge as exc:
-                    if cap > 1:
-                        cap //= 2
+                    taken_since_413 = 0
+                    if len(piece) > 1:
+                        cap = len(piece) // 2
                         continue
                     result.refuse(numbers[done], f"event: larger than the collector takes ({exc})")
                     done += 1
+                    cap = taken_largest
                     continue
+                taken_largest = max(taken_largest, len(piece))
+                taken_since_413 += 1
+                if cap < BATCH_EVENTS and taken_since_413 >= GROW_AFTER:
+                    cap, taken_since_413 = min(BATCH_EVENTS, cap * 2), 0
                 result.sent += len(piece)
                 result.accepted += int(answer.get("accepted", 0))
                 for refused in answer.get("rejected", []):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,8 +318,6 @@ def test_importing_a_file_stores_each_event_once_whatever_its_format(up: Proc, t
     JSON and an invalid event are refused by line number, export lines of other kinds skipped.
     Batches of 1,000 meet this collector's limit of 100 (413): halved until taken. Importing the
     file again stores nothing twice (ids made from each line's content)."""
-    from datetime import timedelta
-
     device, user, phone = uid("imported"), uid("imported-user"), uid("segment-phone")
     start = datetime.now(UTC) - timedelta(days=10)
     lines = [
@@ -405,3 +404,41 @@ def test_importing_a_file_stores_each_event_once_whatever_its_format(up: Proc, t
     wait_for(lambda: httpx.get(f"{up.url}/v1/status").json()["sessionizer"]["consumer_lag"] == 0, 60, "the log read")
     time.sleep(1.5)  # a batch being written as the lag reached zero
     assert len(journey_events()) == 1503  # stored once
+
+
+def test_one_event_too_large_for_the_collector_does_not_slow_the_rest_of_an_import(up: Proc, tmp_path: Path) -> None:
+    """An event whose body alone is over the collector's limit (413 at one event) is refused by
+    its line number; the events after it go in batches again (this collector takes 100 at a
+    time), not one request each as when the importer kept its smallest batch size."""
+    device = uid("big-import")
+    start = datetime.now(UTC) - timedelta(hours=2)
+
+    def page(i: int) -> bytes:
+        at = (start + timedelta(seconds=i)).isoformat()
+        return orjson.dumps(
+            {"type": "page", "anonymous_id": device, "timestamp": at, "context": {"page": {"path": "/a"}}}
+        )
+
+    huge = {"type": "track", "name": "Huge", "anonymous_id": device, "properties": {"blob": "x" * (1 << 20)}}
+    lines = [page(i) for i in range(150)] + [orjson.dumps(huge)] + [page(i) for i in range(150, 1150)]
+    path = tmp_path / "with-a-huge-event.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+    def requests_taken() -> float:
+        text = httpx.get(f"{up.url}/metrics", timeout=10).text
+        found = re.search(r'^touchpoint_ingest_requests_total\{status="200"\} (\S+)$', text, re.M)
+        return float(found[1]) if found else 0.0
+
+    before = requests_taken()
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "import", str(path)],
+        env=up.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "refused line 151: event: larger than the collector takes" in done.stderr
+    assert "1,150 events accepted, 1 refused" in done.stderr
+    taken = requests_taken() - before
+    assert taken < 60, f"{taken:.0f} requests for 1,150 events: the batch size did not recover"
