@@ -27,7 +27,7 @@ from services.core.eventlog import LogReader, LogRecord
 from services.core.events import now_ms
 from services.core.schema import EVENT_COLUMNS, LINK_COLUMNS, REJECTED_COLUMNS
 from services.core.sessions import SESSION_EVENT_FIELDS
-from services.core.warehouse import Warehouse
+from services.core.warehouse import BULK_INSERT, Warehouse
 
 from .erasures import ErasureGuard
 from .open_sessions import OpenSessions
@@ -389,6 +389,7 @@ class Pipeline:
             EVENT_COLUMNS,
             batch_token(records, "events"),
             fmt="JSONCompactEachRow",
+            settings=BULK_INSERT,
         )
         fold = None
         try:
