@@ -204,3 +204,16 @@ def test_a_segment_applies_to_every_panel(up: Proc, tmp_path: Path) -> None:
     assert stages[0]["people"] == 3
     shown_stages = re.findall(r'<div class="stage" data-stage="([^"]+)" data-people="(\d+)"', dom)
     assert shown_stages == [(s["stage"], str(s["people"])) for s in stages]
+
+    # The label of the empty value selects it: the one visitor without a campaign, who bought.
+    state.update({"segment-values": "(none: direct)", "cohort-start": f"page {landing}", "cohort-kind": "new"})
+    direct = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
+    assert rows(direct, "funnel", "step", "count") == [(f"page {landing}", "1"), (buy, "1")]
+    zone = re.search(r'data-timezone="([^"]+)"', direct)
+    assert zone, "no retention table"
+    body = {"start": {"type": "page", "path": landing}, "period": "week", "periods": 8, "cohort": "new"}
+    body.update({"filters": {"campaign_source": [""]}, "timezone": zone.group(1)})
+    retained = httpx.post(f"{up.url}/v1/retention", json=body, headers=auth, timeout=30).json()
+    assert retained["people"] == 1
+    cohorts = [(c["cohort"], str(c["people"])) for c in retained["cohorts"]]
+    assert rows(direct, "retention", "cohort", "people") == [*cohorts, ("all", "1")]

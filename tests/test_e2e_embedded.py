@@ -609,6 +609,20 @@ def test_retention_follows_cohorts_across_days_and_devices(up: Proc) -> None:
     # Without "return": doing the start event again (Cy signed up twice).
     again = httpx.post(f"{up.url}/v1/retention", json={**body, "return": None}, headers=auth, timeout=30).json()
     assert {c["cohort"]: [k["people"] for k in c["retained"]] for c in again["cohorts"]}[day(3)] == [1, 0, 0, None]
+
+    # From day 2 on: Cy signed up on day 2 again, a first in the range but not of all time, so the
+    # new customers of day 2 are Dee alone; Ann and Bo (day 4) are in neither.
+    later = {**body, "from": at(2, 0), "periods": 2}
+    in_range = httpx.post(f"{up.url}/v1/retention", json=later, headers=auth, timeout=30).json()
+    new = httpx.post(f"{up.url}/v1/retention", json={**later, "cohort": "new"}, headers=auth, timeout=30).json()
+    assert [(c["cohort"], c["people"], [k["people"] for k in c["retained"]]) for c in in_range["cohorts"]] == [
+        (day(2), 2, [2, 0])  # Cy and Dee back the day after
+    ]
+    assert [(c["cohort"], c["people"], [k["people"] for k in c["retained"]]) for c in new["cohorts"]] == [
+        (day(2), 1, [1, 0])
+    ]
+    wrong = httpx.post(f"{up.url}/v1/retention", json={**later, "cohort": "old"}, headers=auth, timeout=30)
+    assert wrong.status_code == 422 and "cohort" in wrong.text
     bad = httpx.post(f"{up.url}/v1/retention", json={**body, "period": "year"}, headers=auth, timeout=30)
     assert bad.status_code == 422 and "period" in bad.text
     other = httpx.post(f"{up.url}/v1/retention", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})

@@ -654,21 +654,28 @@ def retention(
     periods: int,
     timezone: str,
     params: dict[str, Any],
+    new_from_ms: int | None = None,
 ) -> dict[str, Any]:
     """Cohorts of people by the period of their first ``start`` event in the range; for each later
     period, how many of them did a ``return`` event in it (loyalty: buying again, coming back).
+    With ``new_from_ms`` the source reads all history and only people whose first ``start`` of
+    all time is at or after it are counted: new customers, not old ones buying again in the range.
 
     A person is a journey (every device). Periods are calendar days, ISO weeks (from Monday) or
     months in ``timezone``. A period that begins at or after the range's end is not observed yet:
     no rate, rather than a zero; the period holding the end is ``complete: false``."""
     params.update(tz=timezone, periods=periods)
     first_day = PERIOD_START[period]
+    new_only = ""
+    if new_from_ms is not None:
+        params["new_from_ms"] = new_from_ms
+        new_only = " AND first >= fromUnixTimestamp64Milli({new_from_ms:Int64})"
     sql = f"""
     WITH {base_sql(params, source, sessions=False)},
     persons AS (
         SELECT person, minIf(timestamp, {start_cond}) AS first,
                groupUniqArrayIf({first_day}, {return_cond}) AS returned
-        FROM base GROUP BY person HAVING countIf({start_cond}) > 0
+        FROM base GROUP BY person HAVING countIf({start_cond}) > 0{new_only}
     ),
     cohorts AS (
         SELECT {first_day.replace("timestamp", "first")} AS cohort,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -546,8 +547,9 @@ class QueryApi:
         )
 
     async def retention(self, request: Request, body: RetentionRequest) -> dict[str, Any]:
-        """Loyalty: people by the day, week or month of their first ``start`` event in the range,
-        and the share of each cohort doing ``return`` (default: ``start`` again) in each later one."""
+        """Loyalty: people by the day, week or month of their first ``start`` event in the range
+        (with ``cohort: new``, of all time, when it is in the range), and the share of each cohort
+        doing ``return`` (default: ``start`` again) in each later one."""
         project = project_for(request, self.projects)
         if body.breakdown is not None:
             raise HTTPException(422, "breakdown: not supported by retention")
@@ -556,12 +558,15 @@ class QueryApi:
             days = {"day": 1, "week": 7, "month": 31}[body.period] * (body.periods + 1)
             start = (body.to or datetime.now(UTC)) - timedelta(days=days)
         source = self._source(project, start, body.to, body.include_bots, body.filters)
+        new_from_ms = None
+        if body.cohort == "new":  # all history read, to know whose first start came before the range
+            source, new_from_ms = replace(source, start_ms=0), source.start_ms
         params: dict[str, Any] = {}
         start_cond = step_condition(body.start, "start", params, "start")
         return_step = body.start if body.return_ is None else body.return_
         return_cond = step_condition(return_step, "ret", params, "return")
         return await self._call(
-            retention, source, start_cond, return_cond, body.period, body.periods, body.timezone, params
+            retention, source, start_cond, return_cond, body.period, body.periods, body.timezone, params, new_from_ms
         )
 
     async def journey_map(

@@ -172,6 +172,14 @@ class RetentionRequest(TimeRange):
     period: Literal["day", "week", "month"] = "week"
     periods: int = Field(8, ge=1, le=52, description="periods followed after each cohort's own")
     timezone: str = Field("UTC", description="IANA time zone of the calendar days, weeks and months")
+    cohort: Literal["first_in_range", "new"] = Field(
+        "first_in_range",
+        description=(
+            "first_in_range: a person's cohort is the period of their first start in the range; "
+            "new: only people whose first start of all time is in the range (new customers: the "
+            "history before `from` is read, and a segment applies to their first touchpoint of all time)"
+        ),
+    )
 
     model_config = ConfigDict(
         populate_by_name=True,

@@ -82,9 +82,12 @@
   }
   // An empty value: no campaign or referrer means a direct visit; elsewhere it was not known.
   const blank = (by) => (/^(campaign|referrer)/.test(by) ? "(none: direct)" : "(unknown)");
+  // Typed into the segment, the label an empty value is shown with selects the empty value.
+  const BLANKS = new Set(["(none: direct)", "(unknown)", "(none)", "(direct)"]);
   function segment() {  // {dimension: [values]} or null: the API's `filters`
     const by = $("segment-by").value;
-    const values = $("segment-values").value.split(",").map((v) => v.trim()).filter((v) => v);
+    const values = $("segment-values").value.split(",").map((v) => v.trim()).filter((v) => v)
+      .map((v) => (BLANKS.has(v) ? "" : v));
     return by && values.length ? {[by]: values} : null;
   }
   function range() {
@@ -98,7 +101,7 @@
   function remember() {
     const out = new URLSearchParams();
     for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return", "segment-values"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
-    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period"]) out.set(id, $(id).value);
+    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period", "cohort-kind"]) out.set(id, $(id).value);
     for (const id of ["abandonment-breakdown", "segment-by"]) if ($(id).value) out.set(id, $(id).value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
@@ -232,6 +235,7 @@
     return show("retention", async () => {
       const filters = segment();
       const body = {start: step($("cohort-start").value), period: $("cohort-period").value, periods: 8,
+        cohort: $("cohort-kind").value,
         include_bots: $("include-bots").checked, timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC",
         ...(filters ? {filters} : {})};
       if ($("cohort-return").value.trim()) body.return = step($("cohort-return").value);
