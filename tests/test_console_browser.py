@@ -90,6 +90,10 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     assert points[(f"page {landing}", "web")] == "2"  # Ben and Cy
     shown = {(t, c): n for t, c, n in rows(dom, "abandonment", "touchpoint", "channel", "abandoned")}
     assert shown == points
+    errors = httpx.post(f"{up.url}/v1/errors", json={"goal": buy, "limit": 15}, headers=auth, timeout=30).json()
+    listed = [(e["kind"], e["message"], str(e["journeys"])) for e in errors["errors"]]
+    assert ("js", "checkout broke", "1") in listed  # Cy
+    assert rows(dom, "errors", "kind", "message", "journeys") == listed
     by_network = httpx.post(
         f"{up.url}/v1/abandonment", json={"goal": buy, "limit": 15, "breakdown": "network"}, headers=auth, timeout=30
     ).json()["breakdown"]

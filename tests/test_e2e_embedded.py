@@ -726,6 +726,7 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/paths",
         "/v1/journey-map",
         "/v1/behaviour",
+        "/v1/errors",
         "/v1/retention",
         "/v1/pixel.gif",
         "/v1/tracker.js",
@@ -908,3 +909,74 @@ def next_streamed(up: Proc, params: dict[str, str], headers: dict[str, str], dev
                     return event
                 event = {}
     raise AssertionError("the stream ended")
+
+
+def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Proc) -> None:
+    """POST /v1/errors on seven journeys six days ago (no other test writes there): a script
+    error at several lines (one group: numbers are <n>) hit Ann (bought after it), Bo (left on
+    it), Cy (went on, then left) and Dee (hit after buying: not a conversion after it); a timeout
+    hit Ed (bought after it); Fay bought and Gus left without any error. The report counts each
+    exactly, beside the conversion of the journeys no error hit."""
+    tag = "".join(chr(97 + int(c, 16)) for c in uuid.uuid4().hex[:10])  # letters: no number in it
+    bought = uid("Bought")
+    t0 = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=6)
+    script, timeout = f"TypeError {tag} at line", f"{tag} timeout after"
+    events: list[dict[str, Any]] = []
+
+    def visit(person: str, minute: int, what: str, error: tuple[str, str] | None = None) -> None:
+        event: dict[str, Any] = {"event_id": uid("e"), "anonymous_id": person}
+        event["timestamp"] = (t0 + timedelta(minutes=minute)).isoformat()
+        page = {"type": "page", "context": {"page": {"path": what}}}
+        event.update(page if what.startswith("/") else {"type": "track"})
+        event["name"] = what.strip("/") or "Home"
+        if error:
+            event["error"] = {"kind": error[0], "message": error[1]}
+        events.append(event)
+
+    ann, bo, cy, dee, ed, fay, gus = (uid(n) for n in ("ann", "bo", "cy", "dee", "ed", "fay", "gus"))
+    visit(ann, 0, "/search", ("js", f"{script} 12"))
+    visit(ann, 2, bought)
+    visit(bo, 1, "/", None)
+    visit(bo, 3, "/search", ("js", f"{script} 40"))
+    visit(cy, 2, "/search", ("js", f"{script} 7"))
+    visit(cy, 4, "/product")
+    visit(dee, 3, bought)
+    visit(dee, 5, "/thanks", ("js", f"{script} 3"))
+    visit(ed, 4, "/cart", ("http", f"{timeout} 3012 ms"))
+    visit(ed, 6, bought)
+    visit(fay, 5, bought)
+    visit(gus, 6, "/")
+    assert up.post_batch(events).json()["accepted"] == len(events)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"goal": bought, "from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
+
+    def report(**more: Any) -> dict[str, Any]:
+        r = httpx.post(f"{up.url}/v1/errors", json={**body, **more}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    wait_for(lambda: report(scope="session")["journeys"] == 7, 30, "the seven sessions stored")
+
+    for scope in ("journey", "session"):  # one session each: the same counts
+        answer = report(scope=scope)
+        assert (answer["scope"], answer["journeys"], answer["converted"]) == (scope, 7, 4)
+        clean = answer["without_errors"]
+        assert (clean["journeys"], clean["converted"], clean["conversion_rate"]) == (2, 1, 0.5)
+        groups = {(g["kind"], g["message"]): g for g in answer["errors"]}
+        assert list(groups) == [("js", f"{script} <n>"), ("http", f"{timeout} <n> ms")]  # the widest first
+        js = groups[("js", f"{script} <n>")]
+        assert (js["journeys"], js["occurrences"], js["converted_after"], js["left_with_it"]) == (4, 4, 1, 1)
+        assert js["conversion_rate"] == 0.25 and js["difference"] == -0.25 and js["ci95"]
+        assert js["first_hit_at"][0] == "page /search" and set(js["first_hit_at"]) == {"page /search", "page /thanks"}
+        assert js["enough"] is False and answer["note"]
+        http = groups[("http", f"{timeout} <n> ms")]
+        assert (http["journeys"], http["converted_after"], http["left_with_it"]) == (1, 1, 0)
+        assert http["conversion_rate"] == 1.0
+    assert [g["kind"] for g in report(limit=1)["errors"]] == ["js"]
+    bad = httpx.post(f"{up.url}/v1/errors", json={**body, "breakdown": "browser"}, headers=auth, timeout=30)
+    assert bad.status_code == 422 and "breakdown" in bad.text
+    bad = httpx.post(f"{up.url}/v1/errors", json={**body, "limit": 0}, headers=auth, timeout=30)
+    assert bad.status_code == 422 and "limit" in bad.text
+    other = httpx.post(f"{up.url}/v1/errors", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
+    assert other.status_code == 200 and other.json()["errors"] == [] and other.json()["journeys"] == 0

@@ -571,6 +571,96 @@ def behaviour(
     return out
 
 
+# An error's group: its kind and its message with every number in it (ids, sizes, line numbers,
+# milliseconds) as <n>, so "Timeout after 3012 ms" and "Timeout after 2990 ms" are one error.
+ERROR_GROUP = "substring(replaceRegexpAll(error_message, '[0-9]+', '<n>'), 1, 300)"
+
+
+def errors(
+    source: Source,
+    goal_cond: str,
+    scope: str,
+    limit: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """Errors by group (kind and message, numbers as ``<n>``), the most widespread first: the
+    journeys (or sessions) each hit, how many of those reached the goal after it, beside the
+    conversion of those no error hit; how many left with it on their last touchpoint without the
+    goal; where and in which browser it hit them first. Which errors cost conversions, not only
+    which are frequent."""
+    unit = "session" if scope == "session" else "person"
+    params["limit"] = limit
+    base = base_sql(params, source, sessions=scope == "session")
+    units = f"""
+    units AS (
+        SELECT {unit} AS unit, maxIf(ts, {goal_cond}) AS goal_ts, countIf({goal_cond}) > 0 AS converted,
+               countIf(error_kind != '') > 0 AS hit,
+               argMaxIf(tuple(error_kind, {ERROR_GROUP}), (ts, event_id), type != 'identify') AS last_error
+        FROM base GROUP BY unit
+    )"""
+    totals = source.warehouse.rows(
+        f"""WITH {base}, {units}
+        SELECT count() AS all_units, countIf(converted) AS all_converted,
+               countIf(NOT hit) AS clean, countIf(NOT hit AND converted) AS clean_converted
+        FROM units""",
+        params,
+    )[0]
+    groups = source.warehouse.rows(
+        f"""WITH {base}, {units},
+        hits AS (
+            SELECT {unit} AS unit, error_kind AS kind, {ERROR_GROUP} AS message, count() AS n,
+                   min(ts) AS first_ts, argMin(label, (ts, event_id)) AS first_at,
+                   argMin(browser, (ts, event_id)) AS first_browser
+            FROM base WHERE error_kind != '' GROUP BY unit, kind, message
+        )
+        SELECT h.kind AS kind, h.message AS message, sum(h.n) AS occurrences, count() AS hit_units,
+               countIf(u.goal_ts > h.first_ts) AS converted_after,
+               countIf(NOT u.converted AND u.last_error = (h.kind, h.message)) AS left_with_it,
+               topK(3)(h.first_at) AS touchpoints, topK(3)(h.first_browser) AS browsers
+        FROM hits AS h INNER JOIN units AS u ON h.unit = u.unit
+        GROUP BY kind, message
+        ORDER BY hit_units DESC, occurrences DESC, kind, message
+        LIMIT {{limit:UInt32}}""",
+        params,
+    )
+    clean, clean_converted = int(totals["clean"]), int(totals["clean_converted"])
+    clean_rate = clean_converted / clean if clean else None
+    out = []
+    for g in groups:
+        n, after = int(g["hit_units"]), int(g["converted_after"])
+        rate = after / n if n else None
+        out.append(
+            {
+                "kind": g["kind"],
+                "message": g["message"],
+                "occurrences": int(g["occurrences"]),
+                "journeys": n,
+                "converted_after": after,
+                "conversion_rate": rate,
+                "ci95": wilson(after, n),
+                "difference": None if rate is None or clean_rate is None else rate - clean_rate,
+                "left_with_it": int(g["left_with_it"]),
+                "first_hit_at": list(g["touchpoints"]),
+                "browsers": list(g["browsers"]),
+                "enough": n >= MIN_OBSERVATIONS,
+            }
+        )
+    total = int(totals["all_units"])
+    return {
+        "scope": scope,
+        "journeys": total,
+        "converted": int(totals["all_converted"]),
+        "without_errors": {
+            "journeys": clean,
+            "converted": clean_converted,
+            "conversion_rate": clean_rate,
+            "ci95": wilson(clean_converted, clean),
+        },
+        "errors": out,
+        "note": None if total >= MIN_OBSERVATIONS else f"fewer than {MIN_OBSERVATIONS} journeys: rates not reliable",
+    }
+
+
 def journey_map(
     source: Source,
     stage_conds: list[str],

@@ -21,7 +21,18 @@ from services.core.warehouse import Warehouse
 from services.sessionizer.open_sessions import OpenSessions
 
 from . import examples
-from .analytics import DIMENSIONS, Source, abandonment, behaviour, correlations, funnel, journey_map, paths, retention
+from .analytics import (
+    DIMENSIONS,
+    Source,
+    abandonment,
+    behaviour,
+    correlations,
+    errors,
+    funnel,
+    journey_map,
+    paths,
+    retention,
+)
 from .auth import project_for
 from .console import add_console
 from .dead_letters import payload_as_sent
@@ -34,6 +45,7 @@ from .models import (
     BehaviourRequest,
     Breakdown,
     CorrelationRequest,
+    ErrorsRequest,
     FunnelRequest,
     PathsRequest,
     RetentionRequest,
@@ -122,6 +134,13 @@ class QueryApi:
                 "POST",
                 "query",
                 "The most common touchpoints right before and after a touchpoint",
+            ),
+            (
+                "/v1/errors",
+                self.errors,
+                "POST",
+                "query",
+                "Which errors hit journeys, and how many of those still reached the goal",
             ),
             (
                 "/v1/behaviour",
@@ -531,6 +550,16 @@ class QueryApi:
             params,
         )
         return {"touchpoint": step_label(body.touchpoint), **result}
+
+    async def errors(self, request: Request, body: ErrorsRequest) -> dict[str, Any]:
+        """Error groups by the journeys (or sessions) they hit, with conversion after them."""
+        project = project_for(request, self.projects)
+        if body.breakdown is not None:
+            raise HTTPException(422, "breakdown: not supported by errors")
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        return await self._call(errors, source, goal, body.scope, body.limit, params)
 
     async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
         """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""

@@ -137,6 +137,18 @@ class PathsRequest(TimeRange):
     )
 
 
+class ErrorsRequest(TimeRange):
+    goal: Step | None = Field(None, description="default: the project's first goal")
+    scope: Scope = "journey"
+    limit: int = Field(20, ge=1, le=1000, description="error groups listed, the most widespread first")
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={"example": {"goal": "Order Completed", "scope": "journey", "limit": 10}},
+    )
+
+
 class BehaviourRequest(TimeRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     timezone: str = Field("UTC", description="IANA time zone for hours and weekdays")

@@ -172,6 +172,20 @@
     });
   }
 
+  function errorsReport() {
+    return show("errors", async () => {
+      const r = await api("/v1/errors", {...range(), ...goal(), limit: 15});
+      const clean = r.without_errors;
+      const summary = el("p", {"data-journeys": r.journeys, "data-clean": clean.journeys},
+        `Journeys no error hit: ${count(clean.journeys)}, of which ${pct(clean.conversion_rate)} converted (95% CI ${interval(clean.ci95)}).`);
+      const rows = r.errors.map((e) => el("tr", {"data-kind": e.kind, "data-message": e.message, "data-journeys": e.journeys},
+        el("td", {class: "error"}, `${e.kind}: ${e.message}`), el("td", {class: "n"}, count(e.journeys)),
+        el("td", {class: "n"}, count(e.occurrences)), el("td", {}, bar(e.conversion_rate), pct(e.conversion_rate)),
+        el("td", {}, interval(e.ci95)), el("td", {class: "n"}, count(e.left_with_it)), el("td", {}, e.first_hit_at.join(", "))));
+      return [summary, table("errors", ["error", "journeys hit", "times", "converted after", "95% CI", "left on it", "first hit at"], rows)];
+    });
+  }
+
   function paths() {
     if (!$("around").value.trim()) return;
     return show("paths", async () => {
@@ -324,6 +338,7 @@
     remember();
     journeyMap();
     abandonment();
+    errorsReport();
     paths();
     funnel();
     correlation();
@@ -351,7 +366,7 @@
   on("correlation-form", correlation);
   on("journey-form", journey);
   for (const id of ["period", "include-bots", "segment-by", "segment-values"]) $(id).addEventListener("change", run);
-  $("goal").addEventListener("change", () => { remember(); abandonment(); paths(); correlation(); });
+  $("goal").addEventListener("change", () => { remember(); abandonment(); errorsReport(); paths(); correlation(); });
 
   ready();
   status();
