@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -94,6 +95,15 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     listed = [(e["kind"], e["message"], str(e["journeys"])) for e in errors["errors"]]
     assert ("js", "checkout broke", "1") in listed  # Cy
     assert rows(dom, "errors", "kind", "message", "journeys") == listed
+    zone = re.search(r'data-trend-timezone="([^"]+)"', dom)
+    assert zone, "no trends table"
+    now = datetime.now(UTC)
+    series = {"goal": buy, "interval": "day", "timezone": zone.group(1), "to": now.isoformat()}
+    series["from"] = (now - timedelta(days=7)).isoformat()
+    points = httpx.post(f"{up.url}/v1/trends", json=series, headers=auth, timeout=30).json()["points"]
+    assert len(points) == 8 and sum(p["converted"] for p in points) >= 1  # Ann
+    shown_days = rows(dom, "trends", "start", "people", "converted")
+    assert shown_days == [(p["start"], str(p["people"]), str(p["converted"])) for p in points]
     by_network = httpx.post(
         f"{up.url}/v1/abandonment", json={"goal": buy, "limit": 15, "breakdown": "network"}, headers=auth, timeout=30
     ).json()["breakdown"]

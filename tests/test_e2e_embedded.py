@@ -727,6 +727,7 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/journey-map",
         "/v1/behaviour",
         "/v1/errors",
+        "/v1/trends",
         "/v1/retention",
         "/v1/pixel.gif",
         "/v1/tracker.js",
@@ -980,3 +981,79 @@ def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Pro
     assert bad.status_code == 422 and "limit" in bad.text
     other = httpx.post(f"{up.url}/v1/errors", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
     assert other.status_code == 200 and other.json()["errors"] == [] and other.json()["journeys"] == 0
+
+
+def test_trends_count_each_day_in_its_time_zone_with_empty_days_shown(up: Proc) -> None:
+    """POST /v1/trends by day over three days five to three days ago, for the people a campaign
+    of this test's own brought (a segment: other tests write on these days too). Ann searched
+    and bought on day 5 and searched again on day 4; Bo hit an error at search on day 5 and came
+    back at 23:30 UTC on day 3; Cy bought on day 4; Dee searched on day 5. Each day's people,
+    sessions, events, buyers, median response and errors are exact; in Berlin Bo's return falls
+    on day 2, and day 3 is shown empty rather than skipped."""
+    tag = uid("trend")
+    d5 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=5)
+    bought = uid("Bought")
+    events: list[dict[str, Any]] = []
+
+    def at(who: str, day: int, hour: int, minute: int, what: str, response: float | None = None, **more: Any) -> None:
+        when = (d5 + timedelta(days=5 - day, hours=hour, minutes=minute)).isoformat()
+        event: dict[str, Any] = {"event_id": uid("e"), "anonymous_id": who, "timestamp": when, **more}
+        if what.startswith("/"):
+            event.update(type="page", name=what, context={"page": {"path": what}, "campaign": {"source": tag}})
+        else:
+            event.update(type="track", name=what)
+        if response is not None:
+            event["timing"] = {"response_ms": response}
+        events.append(event)
+
+    ann, bo, cy, dee = (uid(n) for n in ("ann", "bo", "cy", "dee"))
+    at(ann, 5, 10, 0, "/search", 800.0)
+    at(ann, 5, 10, 5, bought)
+    at(ann, 4, 9, 0, "/search", 1200.0)
+    at(bo, 5, 11, 0, "/search", 2000.0, error={"kind": "js", "message": "broken"})
+    at(bo, 5, 11, 1, "/")
+    at(bo, 3, 23, 30, "/", 100.0)
+    at(cy, 4, 12, 0, "/")
+    at(cy, 4, 12, 10, bought)
+    at(dee, 5, 12, 0, "/search", 1000.0)
+    assert up.post_batch(events).json()["accepted"] == len(events)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"goal": bought, "from": d5.isoformat(), "to": (d5 + timedelta(days=3)).isoformat()}
+    body["filters"] = {"campaign_source": [tag]}
+
+    def trend(**more: Any) -> dict[str, Any]:
+        r = httpx.post(f"{up.url}/v1/trends", json={**body, **more}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    wait_for(lambda: sum(p["sessions"] for p in trend()["points"]) == 6, 30, "the six sessions stored")
+    answer = trend()
+    day = [(d5 + timedelta(days=k)).date().isoformat() for k in range(4)]
+    shape = ("start", "people", "sessions", "events", "converted", "median_response_ms", "errors")
+    assert [tuple(p[k] for k in shape) for p in answer["points"]] == [
+        (day[0], 3, 3, 5, 1, 1000.0, 1),  # Ann, Bo, Dee; Ann bought; responses 800, 2000, 1000
+        (day[1], 2, 2, 3, 1, 1200.0, 0),  # Ann again (a new session), Cy who bought
+        (day[2], 1, 1, 1, 0, 100.0, 0),  # Bo back late in the evening
+    ]
+    first = answer["points"][0]
+    assert first["conversion_rate"] == 1 / 3 and first["error_rate"] == 0.2 and first["ci95"]
+    search = trend(touchpoint={"type": "page", "path": "/search"})
+    assert [p["median_response_ms"] for p in search["points"]] == [1000.0, 1200.0, None]
+    assert search["touchpoint"] == "page /search"
+    berlin = trend(timezone="Europe/Berlin")
+    assert [(p["start"], p["people"], p["conversion_rate"]) for p in berlin["points"]] == [
+        (day[0], 3, 1 / 3),
+        (day[1], 2, 0.5),
+        (day[2], 0, None),  # shown, empty
+        (day[3], 1, 0.0),  # Bo's 23:30 UTC is half past midnight in Berlin
+    ]
+    weeks = trend(interval="week")["points"]
+    assert sum(p["events"] for p in weeks) == len(events) and len(weeks) in (1, 2)
+    hours = trend(interval="hour")["points"]
+    assert len(hours) == 72 and sum(p["events"] for p in hours) == len(events)
+    bad = httpx.post(f"{up.url}/v1/trends", json={**body, "interval": "minute"}, headers=auth, timeout=30)
+    assert bad.status_code == 422 and "interval" in bad.text
+    year = {**body, "from": (d5 - timedelta(days=200)).isoformat(), "interval": "hour"}
+    bad = httpx.post(f"{up.url}/v1/trends", json=year, headers=auth, timeout=30)
+    assert bad.status_code == 422 and "interval" in bad.text

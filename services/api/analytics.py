@@ -9,7 +9,7 @@ journey's (or session's) events into one time-ordered array.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -659,6 +659,87 @@ def errors(
         "errors": out,
         "note": None if total >= MIN_OBSERVATIONS else f"fewer than {MIN_OBSERVATIONS} journeys: rates not reliable",
     }
+
+
+# A trend's bucket as text, in the request's time zone: its day (or Monday), or its hour.
+BUCKET_KEY = {
+    "hour": "formatDateTime(toStartOfHour(toTimeZone(timestamp, {tz:String})), '%Y-%m-%dT%H:00')",
+    "day": "toString(toDate(timestamp, {tz:String}))",
+    "week": "toString(toMonday(toDate(timestamp, {tz:String})))",
+}
+MAX_TREND_POINTS = 2000
+
+
+def trend_buckets(start_ms: int, end_ms: int, interval: str, timezone: str) -> list[str]:
+    """Every bucket key from the range's first instant to its last, in order, as BUCKET_KEY
+    writes them: days with nothing still get a point (zero), so a chart does not skip them."""
+    zone = ZoneInfo(timezone)
+    first = datetime.fromtimestamp(start_ms / 1000, tz=zone)
+    last = datetime.fromtimestamp((end_ms - 1) / 1000, tz=zone)
+    if interval == "hour":  # stepped in UTC: a local hour that repeats (DST) is one bucket
+        keys: list[str] = []
+        at = first.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        while at <= last.astimezone(UTC) and len(keys) <= MAX_TREND_POINTS:
+            key = at.astimezone(zone).strftime("%Y-%m-%dT%H:00")
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            at += timedelta(hours=1)
+        return keys
+    day, end_day = first.date(), last.date()
+    if interval == "week":
+        day, end_day = day - timedelta(days=day.weekday()), end_day - timedelta(days=end_day.weekday())
+    step = timedelta(days=7 if interval == "week" else 1)
+    out: list[str] = []
+    while day <= end_day and len(out) <= MAX_TREND_POINTS:
+        out.append(day.isoformat())
+        day += step
+    return out
+
+
+def trends(
+    source: Source,
+    goal_cond: str,
+    perf_cond: str,
+    interval: str,
+    timezone: str,
+    params: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Per hour, day or week (in ``timezone``): people and sessions active, events, people who
+    reached the goal (the share of those active, with its interval), the median response time
+    of the events ``perf_cond`` picks (every timed event by default) and the errors."""
+    params["tz"] = timezone
+    sql = f"""
+    WITH {base_sql(params, source, sessions=True)}
+    SELECT {BUCKET_KEY[interval]} AS bucket, uniqExact(person) AS people, uniqExact(session) AS sessions,
+           count() AS events, uniqExactIf(person, {goal_cond}) AS converted,
+           quantileExactIf(0.5)(response_ms, response_ms IS NOT NULL AND ({perf_cond})) AS median_ms,
+           countIf(response_ms IS NOT NULL AND ({perf_cond})) AS timed, countIf(error_kind != '') AS errors
+    FROM base GROUP BY bucket
+    """
+    found = {r["bucket"]: r for r in source.warehouse.rows(sql, params)}
+    out = []
+    for key in trend_buckets(source.start_ms, source.end_ms, interval, timezone):
+        r = found.get(key)
+        people = int(r["people"]) if r else 0
+        converted = int(r["converted"]) if r else 0
+        events = int(r["events"]) if r else 0
+        errors = int(r["errors"]) if r else 0
+        out.append(
+            {
+                "start": key,
+                "people": people,
+                "sessions": int(r["sessions"]) if r else 0,
+                "events": events,
+                "converted": converted,
+                "conversion_rate": converted / people if people else None,
+                "ci95": wilson(converted, people),
+                "median_response_ms": float(r["median_ms"]) if r and int(r["timed"]) else None,
+                "timed_events": int(r["timed"]) if r else 0,
+                "errors": errors,
+                "error_rate": errors / events if events else None,
+            }
+        )
+    return out
 
 
 def journey_map(

@@ -23,6 +23,7 @@ from services.sessionizer.open_sessions import OpenSessions
 from . import examples
 from .analytics import (
     DIMENSIONS,
+    MAX_TREND_POINTS,
     Source,
     abandonment,
     behaviour,
@@ -32,6 +33,8 @@ from .analytics import (
     journey_map,
     paths,
     retention,
+    trend_buckets,
+    trends,
 )
 from .auth import project_for
 from .console import add_console
@@ -49,6 +52,7 @@ from .models import (
     FunnelRequest,
     PathsRequest,
     RetentionRequest,
+    TrendsRequest,
 )
 from .signals import event_stream, parse_cursor, signals_after
 from .stats import MIN_OBSERVATIONS, wilson
@@ -141,6 +145,13 @@ class QueryApi:
                 "POST",
                 "query",
                 "Which errors hit journeys, and how many of those still reached the goal",
+            ),
+            (
+                "/v1/trends",
+                self.trends,
+                "POST",
+                "query",
+                "People, sessions, conversion, response time and errors per hour, day or week",
             ),
             (
                 "/v1/behaviour",
@@ -560,6 +571,27 @@ class QueryApi:
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         return await self._call(errors, source, goal, body.scope, body.limit, params)
+
+    async def trends(self, request: Request, body: TrendsRequest) -> dict[str, Any]:
+        """The range as a series: did conversion drop after Tuesday's release, did search get slower?"""
+        project = project_for(request, self.projects)
+        if body.breakdown is not None:
+            raise HTTPException(422, "breakdown: not supported by trends (use filters for a segment)")
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
+        if len(trend_buckets(source.start_ms, source.end_ms, body.interval, body.timezone)) > MAX_TREND_POINTS:
+            raise HTTPException(
+                422, f"interval: the range holds more than {MAX_TREND_POINTS} {body.interval}s; use a longer interval"
+            )
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        perf = "1" if body.touchpoint is None else step_condition(body.touchpoint, "tp", params, "touchpoint")
+        points = await self._call(trends, source, goal, perf, body.interval, body.timezone, params)
+        return {
+            "interval": body.interval,
+            "timezone": body.timezone,
+            "touchpoint": None if body.touchpoint is None else step_label(body.touchpoint),
+            "points": points,
+        }
 
     async def behaviour(self, request: Request, body: BehaviourRequest) -> dict[str, Any]:
         """Sessions by the hour and weekday they started (weekday 1 = Monday), per channel."""

@@ -149,6 +149,34 @@ class ErrorsRequest(TimeRange):
     )
 
 
+class TrendsRequest(TimeRange):
+    goal: Step | None = Field(None, description="default: the project's first goal")
+    interval: Literal["hour", "day", "week"] = "day"
+    touchpoint: Step | None = Field(
+        None, description="the median response time of this touchpoint's events only (default: every timed event)"
+    )
+    timezone: str = Field("UTC", description="IANA time zone of the hours, days and weeks")
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "goal": "Order Completed",
+                "interval": "day",
+                "touchpoint": {"type": "page", "path": "/search"},
+                "from": "2026-11-01T00:00:00Z",
+                "timezone": "Europe/Berlin",
+            }
+        },
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_zone(value)
+
+
 class BehaviourRequest(TimeRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     timezone: str = Field("UTC", description="IANA time zone for hours and weekdays")

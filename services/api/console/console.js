@@ -172,6 +172,19 @@
     });
   }
 
+  function trends() {
+    return show("trends", async () => {
+      const r = await api("/v1/trends", {...range(), ...goal(), interval: "day",
+        timezone: Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC"});
+      const rows = r.points.map((p) => el("tr", {"data-start": p.start, "data-people": p.people, "data-converted": p.converted},
+        el("td", {}, p.start), el("td", {class: "n"}, count(p.people)), el("td", {class: "n"}, count(p.sessions)),
+        el("td", {class: "n"}, count(p.converted)), el("td", {}, bar(p.conversion_rate), pct(p.conversion_rate)),
+        el("td", {class: "n"}, ms(p.median_response_ms)), el("td", {class: "n"}, pct(p.error_rate))));
+      return [table("trends", ["day", "people", "sessions", "converted", "conversion", "median response", "events with an error"], rows),
+        el("p", {class: "muted", "data-trend-timezone": r.timezone}, `Days in ${r.timezone}.`)];
+    });
+  }
+
   function errorsReport() {
     return show("errors", async () => {
       const r = await api("/v1/errors", {...range(), ...goal(), limit: 15});
@@ -338,6 +351,7 @@
     remember();
     journeyMap();
     abandonment();
+    trends();
     errorsReport();
     paths();
     funnel();
@@ -366,7 +380,7 @@
   on("correlation-form", correlation);
   on("journey-form", journey);
   for (const id of ["period", "include-bots", "segment-by", "segment-values"]) $(id).addEventListener("change", run);
-  $("goal").addEventListener("change", () => { remember(); abandonment(); errorsReport(); paths(); correlation(); });
+  $("goal").addEventListener("change", () => { remember(); abandonment(); trends(); errorsReport(); paths(); correlation(); });
 
   ready();
   status();
