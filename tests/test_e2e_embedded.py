@@ -1018,7 +1018,7 @@ def test_trends_count_each_day_in_its_time_zone_with_empty_days_shown(up: Proc) 
     at(dee, 5, 12, 0, "/search", 1000.0)
     assert up.post_batch(events).json()["accepted"] == len(events)
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    body = {"goal": bought, "from": d5.isoformat(), "to": (d5 + timedelta(days=3)).isoformat()}
+    body: dict[str, Any] = {"goal": bought, "from": d5.isoformat(), "to": (d5 + timedelta(days=3)).isoformat()}
     body["filters"] = {"campaign_source": [tag]}
 
     def trend(**more: Any) -> dict[str, Any]:
