@@ -51,6 +51,17 @@ class TimeRange(BaseModel):
     )
 
 
+class ZonedRange(TimeRange):
+    """A range whose answer is cut in calendar hours, days, weeks or months of a time zone."""
+
+    timezone: str = Field("UTC", description="IANA time zone")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return known_zone(value)
+
+
 class AbandonmentRequest(TimeRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     start: Step | None = None
@@ -149,7 +160,7 @@ class ErrorsRequest(TimeRange):
     )
 
 
-class TrendsRequest(TimeRange):
+class TrendsRequest(ZonedRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     interval: Literal["hour", "day", "week"] = "day"
     touchpoint: Step | None = Field(
@@ -171,13 +182,8 @@ class TrendsRequest(TimeRange):
         },
     )
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_zone(value)
 
-
-class BehaviourRequest(TimeRange):
+class BehaviourRequest(ZonedRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     timezone: str = Field("UTC", description="IANA time zone for hours and weekdays")
 
@@ -186,11 +192,6 @@ class BehaviourRequest(TimeRange):
         extra="forbid",
         json_schema_extra={"example": {"goal": "Order Completed", "timezone": "Europe/Berlin"}},
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_zone(value)
 
 
 def known_zone(value: str) -> str:
@@ -204,7 +205,7 @@ def known_zone(value: str) -> str:
     return value
 
 
-class RetentionRequest(TimeRange):
+class RetentionRequest(ZonedRange):
     start: Step = Field(description="the event that puts a person in a cohort (the first in the range counts)")
     return_: Step | None = Field(
         None, alias="return", description="the event that counts as coming back; default: start again"
@@ -235,8 +236,3 @@ class RetentionRequest(TimeRange):
             }
         },
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        return known_zone(value)
