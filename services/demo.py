@@ -59,7 +59,13 @@ def _wait_stored(url: str, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def report(abandonment: dict[str, Any], correlation: dict[str, Any], people: int, events: int) -> str:
+def report(
+    abandonment: dict[str, Any],
+    correlation: dict[str, Any],
+    people: int,
+    events: int,
+    errors: dict[str, Any] | None = None,
+) -> str:
     lines = [
         "",
         f"Touchpoint demo: {people:,} people, {events:,} events over the last 24 hours",
@@ -99,6 +105,19 @@ def report(abandonment: dict[str, Any], correlation: dict[str, Any], people: int
         )
     else:
         lines.append(f"  {correlation.get('note') or 'not enough observations for statistics'}")
+    if errors is not None:
+        clean = errors["without_errors"]
+        lines += [
+            "",
+            "Errors that cost conversions: journeys each hit, and how many of them bought afterwards",
+            f"  {'error':<28}{'hit':>6}{'bought after':>14}{'left on it':>12}",
+        ]
+        for e in errors["errors"]:
+            label = f"{e['kind']}: {e['message']}"[:27]
+            lines.append(f"  {label:<28}{e['journeys']:>6}{_pct(e['conversion_rate']):>14}{e['left_with_it']:>12}")
+        lines.append(
+            f"  journeys no error hit: {clean['journeys']:,}, of which {_pct(clean['conversion_rate']).strip()} bought"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +182,8 @@ def main(people: int = 3000, seed: int = 42) -> int:
             headers=headers,
             timeout=120,
         ).json()
-        print(report(abandonment, correlation, people, traffic.unique_events))
+        errors = httpx.post(f"{url}/v1/errors", json={"goal": GOAL, "limit": 5}, headers=headers, timeout=120).json()
+        print(report(abandonment, correlation, people, traffic.unique_events, errors))
         base = f"http://{settings.host}:{settings.port}"
         print("Explore: touchpoint up, then open the console (the key stays in that browser tab)")
         print(f"  {base}/#key={project.api_keys[0]}&goal={quote(GOAL)}")

@@ -32,6 +32,9 @@ def test_demo_prints_an_abandonment_report(tmp_path: Path) -> None:
     assert f"Recovered across channels: {sum(t.recovered_cross_channel for t in truth)} journeys" in text
     assert "Where people abandon" in text and "page /search" in text
     assert re.search(r"0–500 ms\s+(\d+\.\d%|too few)", text)
+    assert "Errors that cost conversions" in text
+    assert re.search(r"js: Search failed\s+\d+\s+\d+\.\d%\s+\d+\n", text)  # the generator's web search errors
+    assert re.search(r"journeys no error hit: [\d,]+, of which \d+\.\d% bought", text)
     assert "Authorization: Bearer ak_" in text  # how to explore further
     assert re.search(r"http://127.0.0.1:\d+/#key=ak_\S+&goal=Order%20Completed\n", text)  # the console
     assert (tmp_path / "data" / "projects.toml").exists()
