@@ -133,3 +133,37 @@ async def test_a_failed_write_is_cut_back_so_a_503_stays_unstored(
     await reader.start()
     assert [r.value for r in await reader.poll(10, 0.1)] == [b"before", b"after"]
     await log.stop()
+
+
+async def test_a_segment_rolls_for_its_age_and_goes_once_consumed(tmp_path: Path) -> None:
+    """Little traffic never fills a segment: without an age limit an erased person's raw events
+    would sit in the data directory for months. Once a segment's first event is older than the
+    limit it rolls (on the next write, or on the writer's idle tick), and the consumer's next poll
+    after its commit deletes it; a restart resumes in the new segment."""
+    log = EmbeddedLog(tmp_path, segment_max_age_s=0.3)
+    await log.start()
+    await log.append([(b"alice", b"her raw event")])
+    reader = log.reader("g")
+    await reader.start()
+    first = await reader.poll(10, 0.1)
+    assert [r.value for r in first] == [b"her raw event"]
+    await reader.commit(first)  # stored: the segment is still the active one and stays
+    assert any(b"her raw event" in p.read_bytes() for p in tmp_path.glob("events-*.log"))
+
+    await asyncio.sleep(0.5)  # older than the limit; nothing written since: the idle tick rolls it
+    assert await reader.poll(10, 0.05) == []
+    assert len(log.segments()) == 1 and log.segments()[0] == first[-1].next_offset
+    assert not any(b"her raw event" in p.read_bytes() for p in tmp_path.glob("events-*.log"))
+
+    await log.append([(b"bob", b"later")])  # a young segment is not rolled
+    later = await reader.poll(10, 0.1)
+    await reader.commit(later)
+    assert len(log.segments()) == 1
+    await log.stop()
+    log = EmbeddedLog(tmp_path, segment_max_age_s=0.3)
+    await log.start()
+    reader = log.reader("g")
+    await reader.start()
+    await log.append([(b"cy", b"after the restart")])
+    assert [r.value for r in await reader.poll(10, 0.1)] == [b"after the restart"]
+    await log.stop()

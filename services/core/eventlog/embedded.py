@@ -9,7 +9,9 @@ The log is a series of segment files named by the global byte offset they start
 at (``events-00000000000000000000.log``). Offsets are global byte positions; the
 consumer's offset is persisted atomically (write, fsync, rename) after each
 commit, and segments wholly below it are deleted, so the log does not grow
-without bound.
+without bound. A segment also rolls once its first event is an hour old, so
+raw events (and those of a person erased since) leave the disk about an hour
+after they are stored, however little traffic fills the segment.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .base import LogOutcomeUnknown, LogRecord, LogUnavailable
 _HEADER = struct.Struct("<IIH")  # payload length, crc32(payload), key length
 MAX_PENDING_BYTES = 64 << 20  # back-pressure: appends wait beyond this
 SEGMENT_BYTES = 128 << 20  # roll to a new segment file beyond this
+SEGMENT_MAX_AGE_S = 3600.0  # ... or once its first write is this old
 RETRY_AFTER_FAILURE_S = 1.0  # after a failed write that was cut back cleanly, try again after this
 
 
@@ -63,10 +66,18 @@ def _fsync_dir(path: Path) -> None:
 class EmbeddedLog:
     """Segment files; one writer and any number of in-process readers."""
 
-    def __init__(self, directory: Path, name: str = "events", segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "events",
+        segment_bytes: int = SEGMENT_BYTES,
+        segment_max_age_s: float = SEGMENT_MAX_AGE_S,
+    ) -> None:
         self.directory = directory
         self.name = name
         self.segment_bytes = segment_bytes
+        self.segment_max_age_s = segment_max_age_s
+        self._active_since: float | None = None  # monotonic time of the active segment's first write
         self._bases: list[int] = []  # start offsets of the segments, ascending
         self._fd: int | None = None
         self._durable_end = 0
@@ -109,6 +120,7 @@ class EmbeddedLog:
             os.truncate(active, valid)  # a crash mid-append left a torn frame
         self._fd = os.open(active, os.O_WRONLY | os.O_APPEND)
         self._durable_end = self._bases[-1] + valid
+        self._active_since = time.monotonic() if valid else None  # its age before the restart is unknown
         self._space.set()
         self._task = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
 
@@ -144,10 +156,17 @@ class EmbeddedLog:
         self._wakeup.set()
         await future
 
-    def _roll_if_full(self) -> None:
-        """Start a new segment at the durable end once the active one is full."""
+    def _roll_if_due(self) -> None:
+        """Start a new segment at the durable end once the active one is full, or holds events
+        older than ``segment_max_age_s`` (so that a reader's next commit can delete them)."""
         assert self._fd is not None
-        if self._durable_end - self._bases[-1] < self.segment_bytes:
+        size = self._durable_end - self._bases[-1]
+        stale = (
+            size > 0
+            and self._active_since is not None
+            and time.monotonic() - self._active_since >= self.segment_max_age_s
+        )
+        if size < self.segment_bytes and not stale:
             return
         base = self._durable_end
         path = self.segment_path(base)
@@ -157,6 +176,7 @@ class EmbeddedLog:
         os.close(self._fd)
         self._fd = fd
         self._bases.append(base)
+        self._active_since = None
 
     def _cut_back(self) -> bool:
         """After a failed write: truncate the active segment to the durable end, so what the
@@ -172,14 +192,18 @@ class EmbeddedLog:
 
     async def _write_loop(self) -> None:
         while True:
-            await self._wakeup.wait()
+            with contextlib.suppress(TimeoutError):  # idle: a stale segment still rolls
+                await asyncio.wait_for(self._wakeup.wait(), min(60.0, self.segment_max_age_s / 2))
             self._wakeup.clear()
             batch, self._pending = self._pending, []
             if not batch:
+                if self._failed is None:
+                    with contextlib.suppress(OSError):  # tried again at the next write or tick
+                        self._roll_if_due()
                 continue
             blob = b"".join(b for b, _ in batch)
             try:
-                self._roll_if_full()
+                self._roll_if_due()
                 assert self._fd is not None
                 await asyncio.to_thread(_write_and_sync, self._fd, blob)
             except OSError as exc:
@@ -197,6 +221,8 @@ class EmbeddedLog:
                         fut.set_exception(failure)
                 continue
             self._failed = None
+            if self._active_since is None:
+                self._active_since = time.monotonic()
             self._durable_end += len(blob)
             self._pending_bytes -= len(blob)
             self._space.set()
@@ -253,6 +279,7 @@ class EmbeddedLogReader:
         self.log = log
         self.offsets_path = log.directory / f"{log.name}.{group}.offset"
         self._position = 0
+        self._committed = 0
 
     async def start(self) -> None:
         try:
@@ -260,6 +287,7 @@ class EmbeddedLogReader:
         except FileNotFoundError:
             self._position = self.log.segments()[0] if self.log.segments() else 0
         self.log.locate(self._position)  # raises with advice when the offset is gone
+        self._committed = self._position
 
     async def stop(self) -> None:
         return None
@@ -280,6 +308,7 @@ class EmbeddedLogReader:
     async def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         await self.log.wait_beyond(self._position, timeout_s)
         if self.log.durable_end <= self._position:
+            self.log.release(self._committed)  # a segment rolled for its age while nothing came
             return []
         base, end = self.log.locate(self._position)
         if self._position == end:  # at the end of a full segment: go on in the next
@@ -296,6 +325,7 @@ class EmbeddedLogReader:
             return
         position = max(r.next_offset for r in records)
         await asyncio.to_thread(self._persist, position)
+        self._committed = position
         self.log.release(position)
 
     def _persist(self, position: int) -> None:
