@@ -915,10 +915,11 @@ def next_streamed(up: Proc, params: dict[str, str], headers: dict[str, str], dev
 def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Proc) -> None:
     """POST /v1/errors on seven journeys six days ago (no other test writes there): a script
     error at several lines (one group: numbers are <n>) hit Ann (bought after it), Bo (left on
-    it), Cy (went on, then left) and Dee (hit after buying: not a conversion after it); a timeout
-    hit Ed (bought after it); Fay bought and Gus left without any error. The report counts each
-    exactly, beside the conversion of the journeys no error hit."""
-    tag = "".join(chr(97 + int(c, 16)) for c in uuid.uuid4().hex[:10])  # letters: no number in it
+    it), Cy (went on) and Dee (hit after buying: not a conversion after it); a timeout, each with
+    its own request id (ids are <id>), hit Ed (bought after it) and Cy on the next page (left on
+    it); Fay bought and Gus left without any error. The report counts each exactly, beside the
+    conversion of the journeys no error hit."""
+    tag = "".join(chr(103 + int(c, 16)) for c in uuid.uuid4().hex[:10])  # g-v: no number nor hex in it
     bought = uid("Bought")
     t0 = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=6)
     script, timeout = f"TypeError {tag} at line", f"{tag} timeout after"
@@ -940,10 +941,10 @@ def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Pro
     visit(bo, 1, "/", None)
     visit(bo, 3, "/search", ("js", f"{script} 40"))
     visit(cy, 2, "/search", ("js", f"{script} 7"))
-    visit(cy, 4, "/product")
+    visit(cy, 4, "/product", ("http", f"{timeout} 2990 ms, request {uuid.uuid4()}"))
     visit(dee, 3, bought)
     visit(dee, 5, "/thanks", ("js", f"{script} 3"))
-    visit(ed, 4, "/cart", ("http", f"{timeout} 3012 ms"))
+    visit(ed, 4, "/cart", ("http", f"{timeout} 3012 ms, request {uuid.uuid4().hex}"))
     visit(ed, 6, bought)
     visit(fay, 5, bought)
     visit(gus, 6, "/")
@@ -965,15 +966,16 @@ def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Pro
         clean = answer["without_errors"]
         assert (clean["journeys"], clean["converted"], clean["conversion_rate"]) == (2, 1, 0.5)
         groups = {(g["kind"], g["message"]): g for g in answer["errors"]}
-        assert list(groups) == [("js", f"{script} <n>"), ("http", f"{timeout} <n> ms")]  # the widest first
+        timeouts = ("http", f"{timeout} <n> ms, request <id>")  # request ids told apart no errors
+        assert list(groups) == [("js", f"{script} <n>"), timeouts]  # the widest first
         js = groups[("js", f"{script} <n>")]
         assert (js["journeys"], js["occurrences"], js["converted_after"], js["left_with_it"]) == (4, 4, 1, 1)
         assert js["conversion_rate"] == 0.25 and js["difference"] == -0.25 and js["ci95"]
         assert js["first_hit_at"][0] == "page /search" and set(js["first_hit_at"]) == {"page /search", "page /thanks"}
         assert js["enough"] is False and answer["note"]
-        http = groups[("http", f"{timeout} <n> ms")]
-        assert (http["journeys"], http["converted_after"], http["left_with_it"]) == (1, 1, 0)
-        assert http["conversion_rate"] == 1.0
+        http = groups[timeouts]
+        assert (http["journeys"], http["converted_after"], http["left_with_it"]) == (2, 1, 1)  # Ed bought, Cy left
+        assert http["conversion_rate"] == 0.5
     assert [g["kind"] for g in report(limit=1)["errors"]] == ["js"]
     bad = httpx.post(f"{up.url}/v1/errors", json={**body, "breakdown": "browser"}, headers=auth, timeout=30)
     assert bad.status_code == 422 and "breakdown" in bad.text

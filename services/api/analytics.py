@@ -571,9 +571,14 @@ def behaviour(
     return out
 
 
-# An error's group: its kind and its message with every number in it (ids, sizes, line numbers,
-# milliseconds) as <n>, so "Timeout after 3012 ms" and "Timeout after 2990 ms" are one error.
-ERROR_GROUP = "substring(replaceRegexpAll(error_message, '[0-9]+', '<n>'), 1, 300)"
+# An error's group: its kind and its message with ids (UUIDs, hex runs of 8 or more) as <id> and
+# every other number (sizes, line numbers, milliseconds) as <n>, so "Timeout after 3012 ms" and
+# "Timeout after 2990 ms" are one error, and so are two failed requests of different ids.
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+ERROR_GROUP = (
+    "substring(replaceRegexpAll(replaceRegexpAll(replaceRegexpAll(error_message, "
+    f"'{_UUID}', '<id>'), '[0-9a-fA-F]{{8,}}', '<id>'), '[0-9]+', '<n>'), 1, 300)"
+)
 
 
 def errors(
