@@ -588,7 +588,7 @@ def errors(
     limit: int,
     params: dict[str, Any],
 ) -> dict[str, Any]:
-    """Errors by group (kind and message, numbers as ``<n>``), the most widespread first: the
+    """Errors by group (kind and message, ids as ``<id>``, numbers as ``<n>``), the most widespread first: the
     journeys (or sessions) each hit, how many of those reached the goal after it, beside the
     conversion of those no error hit; how many left with it on their last touchpoint without the
     goal; where and in which browser it hit them first. Which errors cost conversions, not only
@@ -706,12 +706,14 @@ def trends(
     goal_cond: str,
     perf_cond: str,
     interval: str,
+    buckets: list[str],
     timezone: str,
     params: dict[str, Any],
 ) -> list[dict[str, Any]]:
-    """Per hour, day or week (in ``timezone``): people and sessions active, events, people who
-    reached the goal (the share of those active, with its interval), the median response time
-    of the events ``perf_cond`` picks (every timed event by default) and the errors."""
+    """Per hour, day or week (in ``timezone``; ``buckets`` from ``trend_buckets``): people and
+    sessions active, events, people who reached the goal (the share of those active, with its
+    interval), the median response time of the events ``perf_cond`` picks (every timed event by
+    default) and the errors."""
     params["tz"] = timezone
     sql = f"""
     WITH {base_sql(params, source, sessions=True)}
@@ -723,7 +725,7 @@ def trends(
     """
     found = {r["bucket"]: r for r in source.warehouse.rows(sql, params)}
     out = []
-    for key in trend_buckets(source.start_ms, source.end_ms, interval, timezone):
+    for key in buckets:
         r = found.get(key)
         people = int(r["people"]) if r else 0
         converted = int(r["converted"]) if r else 0

@@ -578,14 +578,15 @@ class QueryApi:
         if body.breakdown is not None:
             raise HTTPException(422, "breakdown: not supported by trends (use filters for a segment)")
         source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
-        if len(trend_buckets(source.start_ms, source.end_ms, body.interval, body.timezone)) > MAX_TREND_POINTS:
+        buckets = trend_buckets(source.start_ms, source.end_ms, body.interval, body.timezone)
+        if len(buckets) > MAX_TREND_POINTS:
             raise HTTPException(
                 422, f"interval: the range holds more than {MAX_TREND_POINTS} {body.interval}s; use a longer interval"
             )
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         perf = "1" if body.touchpoint is None else step_condition(body.touchpoint, "tp", params, "touchpoint")
-        points = await self._call(trends, source, goal, perf, body.interval, body.timezone, params)
+        points = await self._call(trends, source, goal, perf, body.interval, buckets, body.timezone, params)
         return {
             "interval": body.interval,
             "timezone": body.timezone,
