@@ -65,6 +65,7 @@ def report(
     people: int,
     events: int,
     errors: dict[str, Any] | None = None,
+    waits: dict[str, Any] | None = None,
 ) -> str:
     lines = [
         "",
@@ -118,6 +119,23 @@ def report(
         lines.append(
             f"  journeys no error hit: {clean['journeys']:,}, of which {_pct(clean['conversion_rate']).strip()} bought"
         )
+    if waits is not None:
+        lines += [
+            "",
+            "Who waits longest: response times by network, and conversion after a good (<= 1 s) or poor (> 4 s) one",
+            f"  {'network':<12}{'timed':>8}{'median ms':>11}{'p75 ms':>9}{'poor':>8}"
+            f"{'after good':>12}{'after poor':>12}",
+        ]
+
+        def after(rated: dict[str, Any]) -> str:
+            return _pct(rated["conversion_rate"]) if rated["enough"] else "too few" if rated["observations"] else "-"
+
+        for g in waits["groups"]:
+            good, poor = g["ratings"]["good"], g["ratings"]["poor"]
+            lines.append(
+                f"  {g['value'] or '(unknown)':<12}{g['observations']:>8}{g['p50']:>11.0f}{g['p75']:>9.0f}"
+                f"{_pct(poor['share']):>8}{after(good):>12}{after(poor):>12}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +201,10 @@ def main(people: int = 3000, seed: int = 42) -> int:
             timeout=120,
         ).json()
         errors = httpx.post(f"{url}/v1/errors", json={"goal": GOAL, "limit": 5}, headers=headers, timeout=120).json()
-        print(report(abandonment, correlation, people, traffic.unique_events, errors))
+        waits = httpx.post(
+            f"{url}/v1/performance", json={"goal": GOAL, "by": "network"}, headers=headers, timeout=120
+        ).json()
+        print(report(abandonment, correlation, people, traffic.unique_events, errors, waits))
         base = f"http://{settings.host}:{settings.port}"
         print("Explore: touchpoint up, then open the console (the key stays in that browser tab)")
         print(f"  {base}/#key={project.api_keys[0]}&goal={quote(GOAL)}")

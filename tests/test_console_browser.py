@@ -83,6 +83,7 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     state = {"key": API_KEY, "goal": buy, "steps": f"page {landing}\n{buy}", "person": ann, "around": f"page {landing}"}
     state.update({"cohort-start": f"page {landing}", "cohort-return": buy, "cohort-period": "day"})
     state["abandonment-breakdown"] = "network"
+    state["perf-by"] = "network"
     dom = run_chromium(f"{up.url}/#{urlencode(state)}", tmp_path / "profile", budget_ms=8000)
 
     assert rows(dom, "funnel", "step", "count") == [(f"page {landing}", "3"), (buy, "1")]
@@ -95,6 +96,11 @@ def test_the_console_shows_the_apis_answers(up: Proc, tmp_path: Path) -> None:
     listed = [(e["kind"], e["message"], str(e["journeys"])) for e in errors["errors"]]
     assert ("js", "checkout broke", "1") in listed  # Cy
     assert rows(dom, "errors", "kind", "message", "journeys") == listed
+    waits = {"goal": buy, "by": "network", "limit": 15}
+    waited = httpx.post(f"{up.url}/v1/performance", json=waits, headers=auth, timeout=30).json()["groups"]
+    assert {"wifi", "cellular"} <= {g["value"] for g in waited}  # the three loads of 900 ms
+    expected_waits = [(g["value"], str(g["observations"]), g["rating"]) for g in waited]
+    assert rows(dom, "performance", "value", "observations", "rating") == expected_waits
     zone = re.search(r'data-trend-timezone="([^"]+)"', dom)
     assert zone, "no trends table"
     now = datetime.now(UTC)

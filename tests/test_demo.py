@@ -35,6 +35,10 @@ def test_demo_prints_an_abandonment_report(tmp_path: Path) -> None:
     assert "Errors that cost conversions" in text
     assert re.search(r"js: Search failed\s+\d+\s+\d+\.\d%\s+\d+\n", text)  # the generator's web search errors
     assert re.search(r"journeys no error hit: [\d,]+, of which \d+\.\d% bought", text)
+    waits = re.search(r"Who waits longest.*\n.*\n((?:  \S.*\n)+)", text)
+    assert waits, text
+    networks = [line.split()[0] for line in waits.group(1).splitlines()]
+    assert sorted(networks) == ["3g", "4g", "wifi"] and networks[0] == "3g"  # the generator's 3g is 4x slower
     assert "Authorization: Bearer ak_" in text  # how to explore further
     assert re.search(r"http://127.0.0.1:\d+/#key=ak_\S+&goal=Order%20Completed\n", text)  # the console
     assert (tmp_path / "data" / "projects.toml").exists()

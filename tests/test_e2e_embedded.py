@@ -728,6 +728,7 @@ def test_openapi_has_an_example_for_every_endpoint(up: Proc) -> None:
         "/v1/behaviour",
         "/v1/errors",
         "/v1/trends",
+        "/v1/performance",
         "/v1/retention",
         "/v1/pixel.gif",
         "/v1/tracker.js",
@@ -983,6 +984,112 @@ def test_errors_report_which_errors_hit_journeys_and_who_still_converted(up: Pro
     assert bad.status_code == 422 and "limit" in bad.text
     other = httpx.post(f"{up.url}/v1/errors", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
     assert other.status_code == 200 and other.json()["errors"] == [] and other.json()["journeys"] == 0
+
+
+def test_performance_rates_each_network_by_its_slow_loads_and_the_conversion_after_them(up: Proc) -> None:
+    """POST /v1/performance six days ago at 03:00 (no other test writes there). 36 people load
+    search on 4g in 100-450 ms (good), five of them then the cart in 1,500 ms (needs
+    improvement); 36 on 3g in 4,100-4,450 ms (poor); three on wifi in 2-3 s. 27 of the 4g people
+    buy within the ten-minute window after (one bought before, one 20 minutes after: neither
+    counts), 9 of the 3g ones, one on wifi. Percentiles, ratings, conversion per rating and the
+    order (slowest 75th percentile first, too few last) are exact."""
+    tag = uid("perf")
+    bought = uid("Bought")
+    t0 = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0) - timedelta(days=6)
+    search, cart = f"/{tag}-search", f"/{tag}-cart"
+    events: list[dict[str, Any]] = []
+
+    def event(person: str, second: int, what: str, network: str, response_ms: float | None = None) -> None:
+        e: dict[str, Any] = {
+            "event_id": uid("e"),
+            "anonymous_id": person,
+            "timestamp": (t0 + timedelta(seconds=second)).isoformat(),
+        }
+        if what.startswith("/"):
+            e.update(type="page", name=what, context={"page": {"path": what}, "network": {"effective_type": network}})
+        else:
+            e.update(type="track", name=what, context={"network": {"effective_type": network}})
+        if response_ms is not None:
+            e["timing"] = {"response_ms": response_ms, **({"lcp_ms": 3000 + response_ms} if what == cart else {})}
+        if network == "wifi":
+            e["context"]["app"] = {"version": "2.1.0"}
+        events.append(e)
+
+    for i in range(36):
+        fast, slow = uid("fast"), uid("slow")
+        at = 60 * i
+        event(fast, at, search, "4g", 100 + 10 * i)
+        if i < 5:
+            event(fast, at + 60, cart, "4g", 1500)
+        if i < 27:
+            event(fast, at + 120, bought, "4g")
+        elif i == 27:
+            event(fast, at - 60, bought, "4g")  # before: not a conversion after the load
+        elif i == 28:
+            event(fast, at + 1200, bought, "4g")  # after the window
+        event(slow, at + 30, search, "3g", 4100 + 10 * i)
+        if i < 9:
+            event(slow, at + 90, bought, "3g")
+    for k in range(3):
+        person = uid("wifi")
+        event(person, 100 + k, "/", "wifi")  # no timing: not an observation
+        event(person, 110 + k, search, "wifi", 2000 + 500 * k)
+        if k == 0:
+            event(person, 200, bought, "wifi")
+    assert up.post_batch(events).json()["accepted"] == len(events)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"goal": bought, "window_seconds": 600, "from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
+
+    def report(**more: Any) -> dict[str, Any]:
+        r = httpx.post(f"{up.url}/v1/performance", json={**body, **more}, headers=auth, timeout=30)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    wait_for(lambda: report()["overall"]["observations"] == 80, 30, "the 80 timed loads stored")
+    answer = report(by="network")
+    assert (answer["metric"], answer["by"], answer["thresholds"]) == (
+        "response_ms",
+        "network",
+        {"good": 1000, "poor": 4000},
+    )
+    overall = answer["overall"]
+    rated = {k: (v["observations"], v["converted"]) for k, v in overall["ratings"].items()}
+    assert rated == {"good": (36, 27), "needs_improvement": (8, 6), "poor": (36, 9)}
+    assert overall["poor_vs_good"] == 9 / 36 - 27 / 36 and answer["note"] is None
+    assert [g["value"] for g in answer["groups"]] == ["3g", "4g", "wifi"]  # slowest first, too few last
+    g3, g4, wifi = answer["groups"]
+    assert (g3["observations"], g3["p50"], g3["p75"], g3["p95"], g3["rating"]) == (36, 4280, 4370, 4440, "poor")
+    assert g3["ratings"]["poor"]["conversion_rate"] == 0.25 and g3["apdex"] == 0
+    assert (g4["observations"], g4["p50"], g4["p75"], g4["p95"], g4["rating"]) == (41, 300, 400, 1500, "good")
+    assert g4["ratings"]["good"]["converted"] == 27 and g4["ratings"]["needs_improvement"]["converted"] == 5
+    assert g4["apdex"] == (36 + 5 / 2) / 41 and g4["poor_vs_good"] is None  # no poor loads on 4g
+    assert (wifi["observations"], wifi["enough"], wifi["ratings"]["needs_improvement"]["converted"]) == (3, False, 1)
+
+    pages = report()["groups"]  # by touchpoint
+    assert [(g["value"], g["observations"]) for g in pages] == [(f"page {search}", 75), (f"page {cart}", 5)]
+    only_cart = report(touchpoint={"type": "page", "path": cart})
+    assert only_cart["touchpoint"] == f"page {cart}" and only_cart["overall"]["observations"] == 5
+    assert only_cart["overall"]["p50"] == 1500 and only_cart["note"]
+    strict = report(thresholds=[200, 300])["overall"]["ratings"]
+    assert (strict["good"]["observations"], strict["needs_improvement"]["observations"]) == (11, 10)
+    assert report(limit=1, by="network")["groups"][0]["value"] == "3g"
+    versions = report(by="app_version")["groups"]
+    assert [(g["value"], g["observations"]) for g in versions] == [("", 77), ("2.1.0", 3)]
+    lcp = report(metric="lcp_ms")  # Core Web Vitals' thresholds; only the cart loads have one
+    assert lcp["thresholds"] == {"good": 2500, "poor": 4000} and lcp["overall"]["observations"] == 5
+    assert (lcp["overall"]["p50"], lcp["overall"]["rating"]) == (4500, "poor")
+
+    for bad, field in (
+        ({"thresholds": [4000, 1000]}, "thresholds"),
+        ({"metric": "fid_ms"}, "metric"),
+        ({"by": "planet"}, "by"),
+        ({"breakdown": "browser"}, "breakdown"),
+    ):
+        r = httpx.post(f"{up.url}/v1/performance", json={**body, **bad}, headers=auth, timeout=30)
+        assert r.status_code == 422 and field in r.text, (bad, r.text)
+    other = httpx.post(f"{up.url}/v1/performance", json=body, headers={"Authorization": f"Bearer {OTHER_API_KEY}"})
+    assert other.status_code == 200 and other.json()["overall"]["observations"] == 0 and other.json()["groups"] == []
 
 
 def test_trends_count_each_day_in_its_time_zone_with_empty_days_shown(up: Proc) -> None:

@@ -666,6 +666,120 @@ def errors(
     }
 
 
+# Where a performance report puts a timed event: under its own value (a page load in Safari is
+# Safari's), not its journey's first touch as breakdowns do.
+PERFORMANCE_GROUPS: dict[str, str] = {
+    "touchpoint": "label",
+    "channel": "channel",
+    "browser": "browser",
+    "os": "os",
+    "device_type": "device_type",
+    "country": "country",
+    "network": "network",
+    "app_version": "JSONExtractString(context, 'app', 'version')",
+}
+# [good, poor] per metric: Core Web Vitals' thresholds (web.dev), and Apdex's T = 1 s and 4T for
+# the waits no standard rates.
+DEFAULT_THRESHOLDS: dict[str, tuple[float, float]] = {
+    "lcp_ms": (2500.0, 4000.0),
+    "inp_ms": (200.0, 500.0),
+    "cls": (0.1, 0.25),
+    "ttfb_ms": (800.0, 1800.0),
+    "response_ms": (1000.0, 4000.0),
+    "load_ms": (1000.0, 4000.0),
+}
+RATINGS = ("good", "needs_improvement", "poor")
+
+
+def performance(
+    source: Source,
+    metric: str,
+    by: str,
+    goal_cond: str,
+    touchpoint_cond: str,
+    window_ms: int,
+    thresholds: tuple[float, float],
+    limit: int,
+    params: dict[str, Any],
+) -> dict[str, Any]:
+    """The metric's percentiles per group (touchpoint, browser, network, ...), the share of good,
+    needs-improvement and poor values, and the conversion after each: who suffers most, and what
+    it costs. An observation is a timed event (a page load, a screen, an action), converted when
+    its person reached the goal within the window after it, as correlations count a visit."""
+    params.update(window_ms=window_ms, good=thresholds[0], poor=thresholds[1])
+    timed = f"{metric} IS NOT NULL AND ({touchpoint_cond})"
+    sql = f"""
+    WITH {base_sql(params, source, sessions=False)},
+    units AS (
+        SELECT person,
+            groupArrayIf(ts, {goal_cond}) AS goal_ts,
+            groupArrayIf(({PERFORMANCE_GROUPS[by]}, ts, assumeNotNull({metric})), {timed}) AS visits
+        FROM base WHERE ({goal_cond}) OR ({timed}) GROUP BY person
+    ),
+    obs AS (
+        SELECT v.1 AS grp, v.3 AS value,
+            multiIf(value <= {{good:Float64}}, 0, value <= {{poor:Float64}}, 1, 2) AS rating,
+            arrayExists(g -> g >= v.2 AND g <= v.2 + {{window_ms:Int64}}, goal_ts) AS converted
+        FROM units ARRAY JOIN visits AS v
+    )
+    SELECT grouping(grp) = 1 AS overall, grp, count() AS n, quantilesExact(0.5, 0.75, 0.95)(value) AS q,
+           countIf(rating = 0) AS r0, countIf(rating = 1) AS r1, countIf(rating = 2) AS r2,
+           countIf(rating = 0 AND converted) AS c0, countIf(rating = 1 AND converted) AS c1,
+           countIf(rating = 2 AND converted) AS c2
+    FROM obs GROUP BY GROUPING SETS ((grp), ())
+    """
+    overall: dict[str, Any] | None = None
+    groups = []
+    for r in source.warehouse.rows(sql, params):
+        summary = _performance_group(r, thresholds)
+        if r["overall"]:
+            overall = summary
+        else:
+            groups.append({"value": r["grp"], **summary})
+    groups.sort(key=lambda g: (not g["enough"], -g["p75"], g["value"]))
+    total = overall["observations"] if overall else 0
+    return {
+        "overall": overall or _performance_group(None, thresholds),
+        "groups": groups[:limit],
+        "note": None
+        if total >= MIN_OBSERVATIONS
+        else f"fewer than {MIN_OBSERVATIONS} timed events: rates not reliable",
+    }
+
+
+def _performance_group(r: dict[str, Any] | None, thresholds: tuple[float, float]) -> dict[str, Any]:
+    n = int(r["n"]) if r else 0
+    counts = [int(r[f"r{k}"]) if r else 0 for k in range(3)]
+    converted = [int(r[f"c{k}"]) if r else 0 for k in range(3)]
+    p50, p75, p95 = (float(q) for q in r["q"]) if r and n else (None, None, None)
+    ratings: dict[str, dict[str, Any]] = {}
+    rates: dict[str, float | None] = {}
+    for name, count, conv in zip(RATINGS, counts, converted, strict=True):
+        rates[name] = conv / count if count >= MIN_OBSERVATIONS else None
+        ratings[name] = {
+            "observations": count,
+            "share": count / n if n else None,
+            "converted": conv,
+            "conversion_rate": conv / count if count else None,
+            "ci95": wilson(conv, count),
+            "enough": count >= MIN_OBSERVATIONS,
+        }
+    good_rate, poor_rate = rates["good"], rates["poor"]
+    return {
+        "observations": n,
+        "p50": p50,
+        "p75": p75,
+        "p95": p95,
+        # Core Web Vitals' way: a page is rated by its 75th percentile.
+        "rating": None if p75 is None else RATINGS[0 if p75 <= thresholds[0] else 1 if p75 <= thresholds[1] else 2],
+        "apdex": (counts[0] + counts[1] / 2) / n if n else None,
+        "ratings": ratings,
+        # What slowness costs: conversion after a poor value minus after a good one, both counted enough.
+        "poor_vs_good": None if good_rate is None or poor_rate is None else poor_rate - good_rate,
+        "enough": n >= MIN_OBSERVATIONS,
+    }
+
+
 # A trend's bucket as text, in the request's time zone: its day (or Monday), or its hour.
 BUCKET_KEY = {
     "hour": "formatDateTime(toStartOfHour(toTimeZone(timestamp, {tz:String})), '%Y-%m-%dT%H:00')",

@@ -22,6 +22,7 @@ from services.sessionizer.open_sessions import OpenSessions
 
 from . import examples
 from .analytics import (
+    DEFAULT_THRESHOLDS,
     DIMENSIONS,
     MAX_TREND_POINTS,
     Source,
@@ -32,6 +33,7 @@ from .analytics import (
     funnel,
     journey_map,
     paths,
+    performance,
     retention,
     trend_buckets,
     trends,
@@ -51,6 +53,7 @@ from .models import (
     ErrorsRequest,
     FunnelRequest,
     PathsRequest,
+    PerformanceRequest,
     RetentionRequest,
     TrendsRequest,
 )
@@ -145,6 +148,13 @@ class QueryApi:
                 "POST",
                 "query",
                 "Which errors hit journeys, and how many of those still reached the goal",
+            ),
+            (
+                "/v1/performance",
+                self.performance,
+                "POST",
+                "query",
+                "Response times and Web Vitals per touchpoint, browser, network, ...: who waits most, what it costs",
             ),
             (
                 "/v1/trends",
@@ -571,6 +581,36 @@ class QueryApi:
         params: dict[str, Any] = {}
         goal = self._goal(project, body.goal, params)
         return await self._call(errors, source, goal, body.scope, body.limit, params)
+
+    async def performance(self, request: Request, body: PerformanceRequest) -> dict[str, Any]:
+        """Percentiles, good / needs-improvement / poor shares and the conversion after each, per group."""
+        project = project_for(request, self.projects)
+        if body.breakdown is not None:
+            raise HTTPException(422, "breakdown: not supported by performance (use by: each event's own value)")
+        source = self._source(project, body.from_, body.to, body.include_bots, body.filters)
+        params: dict[str, Any] = {}
+        goal = self._goal(project, body.goal, params)
+        visit = "1" if body.touchpoint is None else step_condition(body.touchpoint, "tp", params, "touchpoint")
+        thresholds = body.thresholds or DEFAULT_THRESHOLDS[body.metric]
+        answer = await self._call(
+            performance,
+            source,
+            body.metric,
+            body.by,
+            goal,
+            visit,
+            body.window_seconds * 1000,
+            thresholds,
+            body.limit,
+            params,
+        )
+        return {
+            "metric": body.metric,
+            "by": body.by,
+            "touchpoint": None if body.touchpoint is None else step_label(body.touchpoint),
+            "thresholds": {"good": thresholds[0], "poor": thresholds[1]},
+            **answer,
+        }
 
     async def trends(self, request: Request, body: TrendsRequest) -> dict[str, Any]:
         """The range as a series: did conversion drop after Tuesday's release, did search get slower?"""

@@ -160,6 +160,49 @@ class ErrorsRequest(TimeRange):
     )
 
 
+PerformanceMetric = Literal["response_ms", "ttfb_ms", "load_ms", "lcp_ms", "inp_ms", "cls"]
+PerformanceBy = Literal["touchpoint", "channel", "browser", "os", "device_type", "country", "network", "app_version"]
+
+
+class PerformanceRequest(TimeRange):
+    metric: PerformanceMetric = "response_ms"
+    by: PerformanceBy = Field(
+        "touchpoint",
+        description="group the timed events by their own touchpoint, channel, browser, OS, device type, "
+        "country, network or app version (each event's, not its journey's first touch)",
+    )
+    touchpoint: Step | None = Field(None, description="only this touchpoint's events (default: every timed event)")
+    goal: Step | None = Field(None, description="default: the project's first goal")
+    thresholds: tuple[float, float] | None = Field(
+        None,
+        description="[good, poor]: a value up to `good` is good, above `poor` poor, between the two needs "
+        "improvement. Default: Core Web Vitals' for lcp_ms (2500, 4000), inp_ms (200, 500), cls (0.1, 0.25) "
+        "and ttfb_ms (800, 1800); Apdex's T = 1 s and 4T for response_ms and load_ms",
+    )
+    limit: int = Field(20, ge=1, le=1000, description="groups listed, the slowest (75th percentile) first")
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "metric": "lcp_ms",
+                "by": "browser",
+                "touchpoint": {"type": "page", "path": "/search"},
+                "goal": "Order Completed",
+                "window_seconds": 86400,
+            }
+        },
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1]:
+            raise ValueError("thresholds must be [good, poor] with 0 <= good < poor")
+        return value
+
+
 class TrendsRequest(ZonedRange):
     goal: Step | None = Field(None, description="default: the project's first goal")
     interval: Literal["hour", "day", "week"] = "day"

@@ -101,7 +101,7 @@
   function remember() {
     const out = new URLSearchParams();
     for (const id of ["goal", "steps", "touchpoint", "person", "breakdown", "around", "around-channel", "cohort-start", "cohort-return", "segment-values"]) if ($(id).value.trim()) out.set(id, $(id).value.trim());
-    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period", "cohort-kind"]) out.set(id, $(id).value);
+    for (const id of ["period", "metric", "funnel-scope", "abandonment-scope", "cohort-period", "cohort-kind", "perf-metric", "perf-by"]) out.set(id, $(id).value);
     for (const id of ["abandonment-breakdown", "segment-by"]) if ($(id).value) out.set(id, $(id).value);
     if ($("include-bots").checked) out.set("include-bots", "1");
     history.replaceState(null, "", "#" + out);
@@ -196,6 +196,27 @@
         el("td", {class: "n"}, count(e.occurrences)), el("td", {}, bar(e.conversion_rate), pct(e.conversion_rate)),
         el("td", {}, interval(e.ci95)), el("td", {class: "n"}, count(e.left_with_it)), el("td", {}, e.first_hit_at.join(", "))));
       return [summary, table("errors", ["error", "journeys hit", "times", "converted after", "95% CI", "left on it", "first hit at"], rows)];
+    });
+  }
+
+  function waits() {
+    return show("performance", async () => {
+      const metric = $("perf-metric").value, by = $("perf-by").value;
+      const r = await api("/v1/performance", {...range(), ...goal(), metric, by, limit: 15});
+      const value = (x) => (metric === "cls" ? (x === null ? "n/a" : x.toFixed(3)) : ms(x));
+      const after = (k) => (k.enough ? pct(k.conversion_rate) : k.observations ? "too few" : "");
+      const rows = r.groups.map((g) => el("tr", {"data-value": g.value, "data-observations": g.observations, "data-rating": g.rating},
+        el("td", {}, g.value || blank(by)), el("td", {class: "n"}, count(g.observations)),
+        el("td", {class: "n"}, value(g.p50)), el("td", {class: "n"}, value(g.p75)), el("td", {class: "n"}, value(g.p95)),
+        el("td", {class: g.rating === "poor" ? "error" : ""}, (g.rating || "").replace("_", " ")),
+        el("td", {}, bar(g.ratings.poor.share), pct(g.ratings.poor.share)),
+        el("td", {class: "n"}, after(g.ratings.good)), el("td", {class: "n"}, after(g.ratings.poor))));
+      const o = r.overall;
+      const summary = el("p", {"data-observations": o.observations},
+        r.note ? r.note : `${count(o.observations)} timed, 75th percentile ${value(o.p75)} (${(o.rating || "").replace("_", " ")}); ` +
+          `conversion after a good one ${after(o.ratings.good)}, after a poor one ${after(o.ratings.poor)}` +
+          (o.poor_vs_good === null ? "." : ` (${(o.poor_vs_good * 100).toFixed(1)} points).`));
+      return [summary, table("performance", [by.replace("_", " "), "timed", "median", "p75", "p95", "rating", "poor", "converted after good", "after poor"], rows)];
     });
   }
 
@@ -353,6 +374,7 @@
     abandonment();
     trends();
     errorsReport();
+    waits();
     paths();
     funnel();
     correlation();
@@ -376,11 +398,12 @@
   on("abandonment-form", abandonment);
   on("funnel-form", funnel);
   on("paths-form", paths);
+  on("performance-form", waits);
   on("retention-form", retention);
   on("correlation-form", correlation);
   on("journey-form", journey);
   for (const id of ["period", "include-bots", "segment-by", "segment-values"]) $(id).addEventListener("change", run);
-  $("goal").addEventListener("change", () => { remember(); abandonment(); trends(); errorsReport(); paths(); correlation(); });
+  $("goal").addEventListener("change", () => { remember(); abandonment(); trends(); errorsReport(); waits(); paths(); correlation(); });
 
   ready();
   status();
