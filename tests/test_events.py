@@ -152,6 +152,52 @@ def test_pack_groups_rows_under_the_size_limit() -> None:
             unpack_rows(broken)
 
 
+def test_merged_records_hold_every_row_and_head_in_order_under_the_size_limit() -> None:
+    import orjson
+
+    from services.core.event_rows import HEAD_FIELDS, PACK_BYTES, merge_packed, pack_rows, unpack_rows
+
+    def events(device: str, n: int, size: int = 10) -> list[tuple[bytes, list[object]]]:
+        return [(orjson.dumps([device, i, "x" * size]), [device, i, *[0] * (len(HEAD_FIELDS) - 2)]) for i in range(n)]
+
+    requests = [events("a", 3), events("b", 1), events("a", 2), events("c", 50, 4000)]
+    records = [record for request in requests for record in pack_rows(request)]
+    merged = merge_packed(records)
+    assert 1 < len(merged) < len(records)  # c's rows (200 kB) do not fit in one record with the others
+    unpacked = [u for u in map(unpack_rows, merged) if u]
+    assert [h for u in unpacked for h in u[0]] == [h for r in requests for _, h in r]  # heads still match rows
+    assert [line for u in unpacked for line in u[1]] == [line for r in requests for line, _ in r]
+    assert all(sum(len(line) + 1 for line in u[1]) <= PACK_BYTES + 1 for u in unpacked)
+    assert merge_packed(records[:1]) == records[:1] and merge_packed([]) == []
+    with pytest.raises(ValueError):
+        merge_packed([orjson.dumps([{"kind": "event"}])])
+
+
+def test_coalesced_records_go_to_the_partition_of_their_devices_key() -> None:
+    import orjson
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from services.core.event_rows import HEAD_FIELDS, pack_rows, unpack_rows
+    from services.core.eventlog.kafka import coalesce, partition_for
+
+    keys = [f"shop\x00dev-{i}".encode() for i in range(40)]
+    default = DefaultPartitioner()
+    assert all(partition_for(k, 6) == default(k, list(range(6)), list(range(6))) for k in keys)
+    head = [0] * len(HEAD_FIELDS)
+    records = [("events", k, v) for k in keys for v in pack_rows([(orjson.dumps([k.decode()]), head)])]
+    records.append(("events.rejected", b"shop", b'{"error": "x"}'))
+    sends = coalesce(records, "events", 6)
+    assert ("events.rejected", None, b"shop", b'{"error": "x"}') in sends  # dead letters as they are
+    merged = [s for s in sends if s[0] == "events"]
+    assert len(merged) == len({s[1] for s in merged}) <= 6  # one record per partition
+    for _, partition, key, value in merged:
+        unpacked = unpack_rows(value)
+        assert unpacked is not None and key is None  # several devices: no key
+        assert all(partition_for(orjson.loads(line)[0].encode(), 6) == partition for line in unpacked[1])
+    one = coalesce(records[:1], "events", 6)
+    assert one == [("events", partition_for(keys[0], 6), keys[0], records[0][2])]  # alone: as it was
+
+
 def test_nesting_is_checked_to_exactly_sixteen_levels() -> None:
     def nested(levels: int) -> dict[str, object]:
         value: dict[str, object] = {}

@@ -56,6 +56,38 @@ def _record(events: Sequence[tuple[bytes, list[Any]]]) -> bytes:
     return ROWS_PREFIX + heads + b"\n" + b"\n".join(line for line, _ in events)
 
 
+def merge_packed(values: Sequence[bytes]) -> list[bytes]:
+    """Records of rows (``pack_rows``'s) as few records as hold them, in order, each with at
+    most PACK_BYTES of rows (unless one record alone is larger). Nothing is parsed: the heads'
+    JSON arrays are joined as text.
+
+    Why: the Kafka writer sends the records of every request of one transaction that go to
+    one partition as one record. Per record, the clients on both sides spend ~20 µs of Python
+    (a relay's request of 50 devices was 50 records, a single beacon one), which
+    capped the sessionizer; per event nothing changes, and a device's events keep their order."""
+    out: list[bytes] = []
+    heads: list[bytes] = []
+    lines: list[bytes] = []
+    size = 0
+    for value in values:
+        if not value.startswith(ROWS_PREFIX):
+            raise ValueError("not a log record of rows")
+        head, _, rest = value[len(ROWS_PREFIX) :].partition(b"\n")
+        if heads and size + len(rest) > PACK_BYTES:
+            out.append(_joined(heads, lines))
+            heads, lines, size = [], [], 0
+        heads.append(head[1:-1])  # the array's items, without its brackets
+        lines.append(rest)
+        size += len(rest) + 1
+    if heads:
+        out.append(_joined(heads, lines))
+    return out
+
+
+def _joined(heads: list[bytes], lines: list[bytes]) -> bytes:
+    return ROWS_PREFIX + b"[" + b",".join(heads) + b"]\n" + b"\n".join(lines)
+
+
 def unpack_rows(value: bytes) -> tuple[list[list[Any]], list[bytes]] | None:
     """The heads and the row lines of a log record, or None when it is not a record of rows."""
     if not value.startswith(ROWS_PREFIX):

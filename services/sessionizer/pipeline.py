@@ -235,12 +235,15 @@ def _decode_rows(heads: list[list[Any]], lines: list[bytes], out: Decoded, link_
             )
 
 
-def batch_token(records: list[LogRecord], table: str) -> str:
-    """Same records, same token: ClickHouse drops a retried insert it already has."""
-    digest = hashlib.sha1(table.encode())
-    for r in records:
-        digest.update(f"{r.topic}:{r.partition}:{r.offset};".encode())
-    return digest.hexdigest()
+def batch_token(fingerprint: bytes, table: str) -> str:
+    """Same records (``records_fingerprint``), same token: ClickHouse drops a retried insert it already has."""
+    return hashlib.sha1(table.encode() + fingerprint).hexdigest()
+
+
+def records_fingerprint(records: list[LogRecord]) -> bytes:
+    """Where each record came from, as one text: the part of every table's token the batch
+    shares (computed once per batch; a loop over the records per table was 2% of the time)."""
+    return ";".join(f"{r.topic}:{r.partition}:{r.offset}" for r in records).encode()
 
 
 @dataclass
@@ -259,7 +262,7 @@ class Pipeline:
         warehouse: Warehouse,
         max_events: int,
         max_seconds: float,
-        max_bytes: int = 8 << 20,
+        max_bytes: int = 16 << 20,
         sessions: OpenSessions | None = None,
     ) -> None:
         self.reader = reader
@@ -382,12 +385,13 @@ class Pipeline:
         the fold one after the other were most of a batch's time)."""
         RESENT_IN_BATCH.inc(decoded.keep_last_copies())  # 0 on a retry: already done
         as_written = self.erasure_guard.before_insert(decoded)
+        fingerprint = records_fingerprint(records)
         stored = self._events_inserter.submit(
             self.warehouse.insert_json,
             "events",
             decoded.events,
             EVENT_COLUMNS,
-            batch_token(records, "events"),
+            batch_token(fingerprint, "events"),
             fmt="JSONCompactEachRow",
             settings=BULK_INSERT,
         )
@@ -402,8 +406,10 @@ class Pipeline:
                 if fold is not None and self.sessions is not None:
                     self.sessions.discard(fold)
                 raise
-        self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(records, "links"))
-        self.warehouse.insert("rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(records, "rejected"))
+        self.warehouse.insert("identity_links", decoded.links, LINK_COLUMNS, batch_token(fingerprint, "links"))
+        self.warehouse.insert(
+            "rejected_events", decoded.rejected, REJECTED_COLUMNS, batch_token(fingerprint, "rejected")
+        )
         if self.sessions is not None and fold is not None:  # last: it reads the events just stored to recompute
             self.sessions.finish(fold)
         self.erasure_guard.after_write(*as_written, decoded.rejected)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 from aiokafka.producer import sender as _aiokafka_sender
 
+from ..event_rows import ROWS_PREFIX, merge_packed
 from .base import LogOutcomeUnknown, LogRecord, LogUnavailable
 
 log = logging.getLogger("touchpoint.eventlog.kafka")
@@ -58,6 +61,35 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication:
             pass
     finally:
         await admin.close()
+
+
+@functools.lru_cache(maxsize=65536)
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the Java client and
+    aiokafka's ``DefaultPartitioner``): a device's records stay where they always went."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def coalesce(
+    records: Iterable[tuple[str, bytes, bytes]], topic: str, partitions: int
+) -> list[tuple[str, int | None, bytes | None, bytes]]:
+    """(topic, partition, key, value) to send for one transaction's records: the records of rows
+    bound for ``topic`` as one record per partition (``merge_packed``; each device's partition
+    is its key's, so its events stay in one partition and in order), others as they are. A
+    merged record keeps its key when all its parts had the same one, else it has none."""
+    out: list[tuple[str, int | None, bytes | None, bytes]] = []
+    by_partition: dict[int, tuple[list[bytes], set[bytes]]] = {}
+    for to, key, value in records:
+        if to == topic and value.startswith(ROWS_PREFIX):
+            values, keys = by_partition.setdefault(partition_for(key, partitions), ([], set()))
+            values.append(value)
+            keys.add(key)
+        else:
+            out.append((to, None, key, value))
+    for partition, (values, keys) in by_partition.items():
+        shared = next(iter(keys)) if len(keys) == 1 else None
+        out.extend((topic, partition, shared, value) for value in merge_packed(values))
+    return out
 
 
 class KafkaLogWriter:
@@ -185,11 +217,12 @@ class KafkaLogWriter:
             try:
                 async with asyncio.timeout(self.timeout_s):
                     producer = await self._ensure_producer(slot)
+                    partitions = len(await producer.partitions_for(self.topic))
                     await producer.begin_transaction()
                     futures = []
-                    for routed, _ in batch:
-                        for topic, key, value in routed:
-                            futures.append(await producer.send(topic, value, key=key))
+                    sends = coalesce((r for routed, _ in batch for r in routed), self.topic, partitions)
+                    for topic, partition, key, value in sends:
+                        futures.append(await producer.send(topic, value, key=key, partition=partition))
                     await asyncio.gather(*futures)
                     committing = True
                     await producer.commit_transaction()
@@ -396,11 +429,13 @@ class KafkaLogReader:
         if self._consumer is None:
             log.warning("offsets not committed: no Kafka consumer; they are read again after the restart")
             return
-        offsets: dict[TopicPartition, int] = {}
+        newest: dict[tuple[str, int], int] = {}  # a TopicPartition per partition, not per record
         for r in records:
-            tp = TopicPartition(r.topic or self.topic, r.partition)
-            offsets[tp] = max(offsets.get(tp, 0), r.next_offset)
+            where = (r.topic, r.partition)
+            if r.next_offset > newest.get(where, 0):
+                newest[where] = r.next_offset
         assigned = self._consumer.assignment()
+        offsets = {TopicPartition(topic or self.topic, partition): o for (topic, partition), o in newest.items()}
         offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return
