@@ -186,13 +186,18 @@ def test_sessionizer_restart_resumes_from_committed_offsets(kafka: Broker | str,
         proc.stop()
 
 
+# Yesterday: within the allowed lateness (7 days) whenever the suite runs. A fixed date here
+# turned every event late a week after it was written, and the sessions it checks never came.
+APP_DAY = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
 def app_event(n: int, device: str, minute: int, **extra: object) -> dict[str, object]:
     return {
         "event_id": f"{device}-{n}",
         "type": "screen",
         "name": f"Screen {n}",
         "anonymous_id": device,
-        "timestamp": f"2026-11-20T10:{minute:02d}:00Z" if minute < 60 else f"2026-11-20T11:{minute - 60:02d}:00Z",
+        "timestamp": f"{APP_DAY}T10:{minute:02d}:00Z" if minute < 60 else f"{APP_DAY}T11:{minute - 60:02d}:00Z",
         "context": {"app": {"name": "shop-ios"}},
         "timing": {"response_ms": 100.0 * n},
         **extra,
@@ -226,7 +231,7 @@ def test_sessions_are_stored_and_rewritten_by_a_late_offline_batch(kafka: Broker
         assert session["event_count"] == 6 and session["goals_reached"] == ["Order Completed"]
         assert session["person_id"] == "user-late"
         assert (session["entry_touchpoint"], session["exit_touchpoint"]) == ("screen Screen 1", "track Order Completed")
-        assert session["started_at"] == "2026-11-20T10:00:00.000Z" and session["duration_seconds"] == 52 * 60
+        assert session["started_at"] == f"{APP_DAY}T10:00:00.000Z" and session["duration_seconds"] == 52 * 60
         assert session["response_ms"] == {"median": 350.0, "max": 600.0}
         # Resent by a client retry: counted once, the session unchanged.
         assert proc.post_batch(gap).status_code == 200
