@@ -85,9 +85,9 @@ class Settings:
     clickhouse_url: str = ""
     config_path: Path | None = None
     produce_timeout_s: float = 5.0
-    batch_max_events: int = 20_000
+    batch_max_events: int = 50_000
     batch_max_seconds: float = 1.0
-    batch_max_bytes: int = 16 << 20
+    batch_max_bytes: int = 48 << 20
     max_open_sessions: int = 2_000_000
     max_body_bytes: int = 1 << 20
     log_level: str = "info"
@@ -123,9 +123,9 @@ class Settings:
             clickhouse_url=env.get("TOUCHPOINT_CLICKHOUSE_URL") or default_ch,
             config_path=Path(config).resolve() if config else None,
             produce_timeout_s=_float(env, "TOUCHPOINT_PRODUCE_TIMEOUT_SECONDS", 5.0),
-            batch_max_events=_int(env, "TOUCHPOINT_BATCH_MAX_EVENTS", 20_000),
+            batch_max_events=_int(env, "TOUCHPOINT_BATCH_MAX_EVENTS", 50_000),
             batch_max_seconds=_float(env, "TOUCHPOINT_BATCH_MAX_SECONDS", 1.0),
-            batch_max_bytes=_int(env, "TOUCHPOINT_BATCH_MAX_BYTES", 16 << 20),
+            batch_max_bytes=_int(env, "TOUCHPOINT_BATCH_MAX_BYTES", 48 << 20),
             max_open_sessions=_int(env, "TOUCHPOINT_MAX_OPEN_SESSIONS", 2_000_000),
             max_body_bytes=_int(env, "TOUCHPOINT_MAX_BODY_BYTES", 1 << 20),
             log_level=env.get("TOUCHPOINT_LOG_LEVEL", "info").lower(),

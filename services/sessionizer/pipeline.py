@@ -262,7 +262,7 @@ class Pipeline:
         warehouse: Warehouse,
         max_events: int,
         max_seconds: float,
-        max_bytes: int = 16 << 20,
+        max_bytes: int = 48 << 20,
         sessions: OpenSessions | None = None,
     ) -> None:
         self.reader = reader
