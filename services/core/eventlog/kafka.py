@@ -399,9 +399,7 @@ class KafkaLogReader:
                     total = 0
                     for tp in assigned:
                         total += max(0, ends[tp] - await consumer.position(tp))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # broker unreachable, rebalance under way
+            except Exception as exc:  # broker unreachable, rebalance under way (not a cancel: BaseException)
                 level = logging.INFO if self._lag is not None else logging.DEBUG  # once per outage
                 log.log(level, "consumer lag unknown", extra={"error": repr(exc)[:200], **self._group_state()})
                 self._lag = None
